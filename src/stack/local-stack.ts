@@ -410,7 +410,7 @@ export class LocalStack {
       throw new RangeError(`apply delay must be a whole number of ms, got ${ms}`);
     this.#replica(replica);
     await this.query(replica, `alter system set recovery_min_apply_delay = '${ms}ms'`);
-    await this.#reloadAndConfirm(replica, `${ms}ms`);
+    await this.#reloadAndConfirm(replica, String(ms));
   }
 
   /** Removes `recovery_min_apply_delay` from a replica. */
@@ -566,14 +566,17 @@ export class LocalStack {
     );
   }
 
-  async #reloadAndConfirm(node: string, expected: string): Promise<void> {
+  /** Reloads the configuration and waits until `recovery_min_apply_delay` reads `expectedMs`. */
+  async #reloadAndConfirm(node: string, expectedMs: string): Promise<void> {
     await this.query(node, 'select pg_reload_conf()');
     await this.#until(async () => {
-      const [row] = await this.query<{ v: string }>(node, 'select current_setting($1) as v', [
-        'recovery_min_apply_delay',
-      ]);
-      return row?.v === expected;
-    }, `recovery_min_apply_delay on ${node} to become ${expected}`);
+      // pg_settings gives the value in its base unit (ms); SHOW would print 1000ms as "1s".
+      const [row] = await this.query<{ v: string }>(
+        node,
+        "select setting as v from pg_settings where name = 'recovery_min_apply_delay'",
+      );
+      return row?.v === expectedMs;
+    }, `recovery_min_apply_delay on ${node} to become ${expectedMs} ms`);
   }
 
   #replica(name: string): StackNode {

@@ -1,0 +1,795 @@
+import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
+import { CircuitState } from 'cockatiel';
+import pg from 'pg';
+
+import { DEFAULT_CONSISTENCY, type Consistency } from './consistency.js';
+import {
+  encodeToken,
+  mergeTokens,
+  requiredPosition,
+  type ConsistencyToken,
+} from './consistency-token.js';
+import { isConnectionError } from './connection-errors.js';
+import { LagEstimator } from './lag-estimator.js';
+import { formatLsn, maxLsn, normalizeInsertLsn, parseLsn, type Lsn } from './lsn.js';
+import { LsnWaiter } from './lsn-waiter.js';
+import {
+  PrimaryMonitor,
+  ReplicaMonitor,
+  type MonitorOptions,
+  type PrimarySample,
+  type ReplicaHealth,
+} from './node-monitor.js';
+import { RoutingError } from './routing-error.js';
+import type { RouteReason, RoutingObserver } from './routing-observer.js';
+import { currentSession, recordToken } from './session.js';
+
+/** A node to connect to: a connection string, or a `pg` pool configuration. */
+export type NodeConnection = string | pg.PoolConfig;
+
+/** Options for {@link createCluster}. */
+export interface ClusterOptions {
+  readonly primary: NodeConnection;
+  /** Replicas by name. Names appear in metrics and headers: keep them few and stable. */
+  readonly replicas: Readonly<Record<string, NodeConnection>>;
+  /** Connections per node pool. Default 10. */
+  readonly poolSize?: number;
+  /** Consistency of reads that name none. Default read-your-writes. */
+  readonly defaultConsistency?: Consistency;
+  /** How long a read waits for a replica to catch up before falling back. Default 1000 ms. */
+  readonly waitTimeoutMs?: number;
+  /** After the wait: read from the primary (default) or fail with `REPLICA_WAIT_TIMEOUT`. */
+  readonly onWaitTimeout?: 'primary' | 'error';
+  /** Replicas lagging more than this leave eventual and bounded rotation; back under half. Default 30 s. */
+  readonly maxLagMs?: number;
+  /** Sampling interval of each node's monitor. Default 100 ms. */
+  readonly monitorIntervalMs?: number;
+  /** Poll interval while reads wait on a replica. Default 1 ms. */
+  readonly waitPollMs?: number;
+  /** Connect and statement timeout of the monitors. Default 2000 ms. */
+  readonly monitorTimeoutMs?: number;
+  /** Consecutive failures that take a replica out of rotation. Default 3. */
+  readonly breakerFailures?: number;
+  /** How long a failed replica stays out before a trial sample. Default 2000 ms. */
+  readonly breakerHalfOpenAfterMs?: number;
+  readonly observer?: RoutingObserver;
+  readonly tracer?: Tracer;
+  /** Where warnings go (every replica out of rotation, a replica leaving or rejoining). */
+  readonly logger?: {
+    warn(fields: Record<string, unknown>, message: string): void;
+    info?(fields: Record<string, unknown>, message: string): void;
+  };
+}
+
+/** Options of one read. */
+export interface ReadOptions {
+  /** Default: the session's, else the cluster's. */
+  readonly consistency?: Consistency;
+  /** Merged with the session's token. */
+  readonly token?: ConsistencyToken;
+  /** Overrides the cluster's wait bound for this read. */
+  readonly waitTimeoutMs?: number;
+  readonly onWaitTimeout?: 'primary' | 'error';
+  readonly signal?: AbortSignal;
+}
+
+/** A routed read's rows and where they came from. */
+export interface ReadResult<R> {
+  readonly rows: R[];
+  readonly rowCount: number;
+  /** `primary` or the replica's name. */
+  readonly servedBy: string;
+  readonly reason: RouteReason;
+  /** The session's token after this read (with `seen` advanced for monotonic reads). */
+  readonly token: ConsistencyToken | undefined;
+}
+
+/** A write's rows and the token that proves it. */
+export interface WriteResult<R> {
+  readonly rows: R[];
+  readonly rowCount: number;
+  readonly token: ConsistencyToken;
+}
+
+/** The client handed to a {@link Cluster.transaction} callback: queries on the primary, in one transaction. */
+export interface TransactionClient {
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    sql: string,
+    params?: readonly unknown[],
+  ): Promise<pg.QueryResult<R>>;
+}
+
+/** What {@link Cluster.replicaStatus} reports about one replica. */
+export interface ReplicaStatus {
+  readonly name: string;
+  readonly health: ReplicaHealth;
+  readonly replayLsn: string | undefined;
+  /** Time lag in seconds (DESIGN.md §3), from cached samples. */
+  readonly lagSeconds: number;
+  readonly lagBytes: number;
+  readonly up: boolean;
+}
+
+interface Route {
+  readonly node: string;
+  readonly reason: RouteReason;
+}
+
+interface ReplicaEntry {
+  readonly name: string;
+  readonly pool: pg.Pool;
+  readonly monitor: ReplicaMonitor;
+  health: ReplicaHealth;
+}
+
+const SYSTEM_TIMEOUT_MS = 5000;
+
+function poolConfig(connection: NodeConnection, max: number, role: string): pg.PoolConfig {
+  const base = typeof connection === 'string' ? { connectionString: connection } : connection;
+  return {
+    max,
+    connectionTimeoutMillis: SYSTEM_TIMEOUT_MS,
+    application_name: `replikit-${role}`,
+    ...base,
+  };
+}
+
+function clientConfig(connection: NodeConnection): pg.ClientConfig {
+  return typeof connection === 'string' ? { connectionString: connection } : connection;
+}
+
+/**
+ * Checks a client out of `pool` for `fn`. A checked-out client has no error listener of the
+ * pool's, and a server that goes away mid-query makes it emit one: swallow it here (the query
+ * rejects anyway) and hand the broken client back to be discarded.
+ */
+async function withClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  const ignore = (): void => undefined;
+  client.on('error', ignore);
+  let broken: Error | undefined;
+  try {
+    return await fn(client);
+  } catch (err) {
+    if (isConnectionError(err)) broken = err as Error;
+    throw err;
+  } finally {
+    client.off('error', ignore);
+    client.release(broken);
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Creates a cluster over one primary and its replicas. Reads are routed by consistency level;
+ * writes go to the primary and return a token that later reads (here or in another service)
+ * use to read their own writes.
+ *
+ * ```ts
+ * const cluster = createCluster({
+ *   primary: 'postgres://app@db-primary/app',
+ *   replicas: { replica1: 'postgres://app@db-replica-1/app' },
+ * });
+ * await cluster.ready();
+ * const { token } = await cluster.write('update users set name = $1 where id = $2', ['Ada', id]);
+ * const { rows, servedBy } = await cluster.read('select * from users where id = $1', [id], { token });
+ * ```
+ */
+export function createCluster(options: ClusterOptions): Cluster {
+  return new Cluster(options);
+}
+
+/** See {@link createCluster}. */
+export class Cluster {
+  readonly primary: pg.Pool;
+  readonly #replicas: ReplicaEntry[];
+  readonly #primaryMonitor: PrimaryMonitor;
+  readonly #lag = new LagEstimator();
+  readonly #waiter = new LsnWaiter();
+  readonly #options: ClusterOptions;
+  readonly #tracer: Tracer;
+  readonly #ready: Promise<void>;
+  #nextReplica = 0;
+  #allOut = false;
+  #closed = false;
+
+  constructor(options: ClusterOptions) {
+    this.#options = options;
+    this.#tracer = options.tracer ?? trace.getTracer('replikit');
+    const poolSize = options.poolSize ?? 10;
+    const monitorOptions: MonitorOptions = {
+      intervalMs: options.monitorIntervalMs ?? 100,
+      waitPollMs: options.waitPollMs ?? 1,
+      timeoutMs: options.monitorTimeoutMs ?? 2000,
+      breakerFailures: options.breakerFailures ?? 3,
+      breakerHalfOpenAfterMs: options.breakerHalfOpenAfterMs ?? 2000,
+    };
+    this.primary = this.#pool(
+      new pg.Pool(poolConfig(options.primary, poolSize, 'primary')),
+      'primary',
+    );
+    this.#primaryMonitor = new PrimaryMonitor(
+      clientConfig(options.primary),
+      monitorOptions,
+      (sample) => this.#onPrimarySample(sample),
+    );
+    this.#replicas = Object.entries(options.replicas).map(([name, connection]) => ({
+      name,
+      pool: this.#pool(new pg.Pool(poolConfig(connection, poolSize, name)), name),
+      monitor: new ReplicaMonitor(name, clientConfig(connection), monitorOptions, {
+        onSample: (monitor) => this.#onReplicaSample(monitor),
+        hasWaiters: () => this.#waiter.size > 0,
+      }),
+      health: { state: 'starting' },
+    }));
+    this.#ready = this.#start();
+  }
+
+  async #start(): Promise<void> {
+    await this.#primaryMonitor.start();
+    await Promise.all(this.#replicas.map((replica) => replica.monitor.start()));
+  }
+
+  /** Resolves once every node has been sampled once (whatever the outcome). */
+  ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  /** Replica names, in configuration order. */
+  get replicaNames(): readonly string[] {
+    return this.#replicas.map((replica) => replica.name);
+  }
+
+  /**
+   * Runs one statement on the primary and returns its rows with a token for read-your-writes.
+   * The session's token (if any) absorbs the new one.
+   */
+  async write<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    sql: string,
+    params: readonly unknown[] = [],
+  ): Promise<WriteResult<R>> {
+    this.#assertOpen();
+    await this.#ready;
+    return withClient(this.primary, async (client) => {
+      // One statement outside a transaction block commits on its own; the position is read after.
+      const result = await client.query<R>(sql, params as unknown[]);
+      const token = await this.#tokenAfterCommit(client);
+      return { rows: result.rows, rowCount: result.rowCount ?? 0, token };
+    });
+  }
+
+  /**
+   * Runs `fn` in one transaction on the primary. The token is taken after COMMIT returns: a
+   * position read before it could precede the commit record, and a replica at that position
+   * would not yet show the transaction (DESIGN.md §1).
+   */
+  async transaction<T>(
+    fn: (client: TransactionClient) => Promise<T>,
+  ): Promise<{ result: T; token: ConsistencyToken }> {
+    this.#assertOpen();
+    await this.#ready;
+    return withClient(this.primary, async (client) => {
+      await client.query('begin');
+      let result: T;
+      try {
+        result = await fn({ query: (sql, params) => client.query(sql, params as unknown[]) });
+        await client.query('commit');
+      } catch (err) {
+        await client.query('rollback').catch(() => undefined);
+        throw err;
+      }
+      return { result, token: await this.#tokenAfterCommit(client) };
+    });
+  }
+
+  /**
+   * Routes a read by consistency level and runs it. The routing check always finishes before the
+   * read's own statement starts, so the read's snapshot is taken after the replica is known to
+   * have caught up (DESIGN.md §1).
+   *
+   * @throws RoutingError `TOKEN_AHEAD` for a token past the primary's position,
+   *   `REPLICA_WAIT_TIMEOUT` when told not to fall back, `NO_NODE_AVAILABLE` when nothing can serve.
+   */
+  async read<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    sql: string,
+    params: readonly unknown[] = [],
+    options: ReadOptions = {},
+  ): Promise<ReadResult<R>> {
+    this.#assertOpen();
+    await this.#ready;
+    const session = currentSession();
+    const consistency =
+      options.consistency ??
+      session?.consistency ??
+      this.#options.defaultConsistency ??
+      DEFAULT_CONSISTENCY;
+    const token = mergeTokens(session?.token, options.token);
+    const started = performance.now();
+    return this.#tracer.startActiveSpan(
+      'replikit.read',
+      { kind: SpanKind.INTERNAL, attributes: { 'replikit.consistency': consistency.level } },
+      async (span) => {
+        try {
+          if (token !== undefined)
+            span.setAttribute(
+              'replikit.token.lsn',
+              formatLsn(requiredPosition(token, consistency.level === 'monotonic')),
+            );
+          let route = await this.#route(consistency, token, options, span);
+          let result: pg.QueryResult<R>;
+          let seen: Lsn | undefined;
+          try {
+            ({ result, seen } = await this.#run<R>(
+              route.node,
+              sql,
+              params,
+              consistency.level === 'monotonic',
+            ));
+          } catch (err) {
+            if (route.node === 'primary' || !isConnectionError(err)) throw err;
+            // A replica that died or cancelled the read for a recovery conflict: reads have no
+            // side effects, so the primary answers instead of the caller seeing an error.
+            span.addEvent('replikit.fallback', {
+              'replikit.fallback.from': route.node,
+              'replikit.fallback.error': errorMessage(err),
+            });
+            this.#options.logger?.warn(
+              { replica: route.node, err: errorMessage(err) },
+              'read failed on a replica; served by the primary',
+            );
+            route = { node: 'primary', reason: 'replica_error' };
+            ({ result, seen } = await this.#run<R>(
+              'primary',
+              sql,
+              params,
+              consistency.level === 'monotonic',
+            ));
+          }
+          let newToken = token;
+          if (seen !== undefined && newToken !== undefined && !(session?.tokenUntrusted ?? false)) {
+            newToken = { ...newToken, seen: maxLsn(newToken.seen, seen) };
+          } else if (seen !== undefined && newToken === undefined) {
+            newToken = this.#tokenAt(0n, seen);
+          }
+          if (session !== undefined) {
+            session.servedBy = route.node;
+            if (newToken !== undefined && route.reason !== 'token_untrusted')
+              session.token = mergeTokens(session.token, newToken);
+          }
+          span.setAttributes({
+            'replikit.route.target': route.node === 'primary' ? 'primary' : 'replica',
+            'replikit.route.node': route.node,
+            'replikit.route.reason': route.reason,
+          });
+          this.#observe(() =>
+            this.#options.observer?.onRead?.({
+              consistency: consistency.level,
+              target: route.node === 'primary' ? 'primary' : 'replica',
+              node: route.node,
+              reason: route.reason,
+              durationMs: performance.now() - started,
+            }),
+          );
+          return {
+            rows: result.rows,
+            rowCount: result.rowCount ?? result.rows.length,
+            servedBy: route.node,
+            reason: route.reason,
+            token: newToken,
+          };
+        } catch (err) {
+          span.recordException(err as Error);
+          span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(err) });
+          throw err;
+        } finally {
+          span.end();
+        }
+      },
+    );
+  }
+
+  /** Health, position and lag of every replica, from the monitors' cached samples. */
+  replicaStatus(): ReplicaStatus[] {
+    const now = Date.now();
+    return this.#replicas.map((replica) => ({
+      name: replica.name,
+      health: replica.health,
+      replayLsn:
+        replica.monitor.sample?.replayLsn === undefined
+          ? undefined
+          : formatLsn(replica.monitor.sample.replayLsn),
+      lagSeconds: this.#lagMs(replica, now) / 1000,
+      lagBytes: Number(this.#lagBytes(replica)),
+      up: replica.monitor.lastError === undefined && replica.monitor.sample !== undefined,
+    }));
+  }
+
+  /** The primary's identity and latest sampled position, or `undefined` before the first sample. */
+  primaryStatus():
+    { systemId: string; timeline: number; insertLsn: string; up: boolean } | undefined {
+    const sample = this.#primaryMonitor.sample;
+    if (sample === undefined) return undefined;
+    return {
+      systemId: sample.systemId,
+      timeline: sample.timeline,
+      insertLsn: formatLsn(sample.insertLsn),
+      up: this.#primaryMonitor.lastError === undefined,
+    };
+  }
+
+  /** Position queries each replica's monitor has sent; shows that waiters share one poll stream. */
+  monitorPolls(): Readonly<Record<string, number>> {
+    return Object.fromEntries(
+      this.#replicas.map((replica) => [replica.name, replica.monitor.polls]),
+    );
+  }
+
+  /** Encodes a token, a convenience for adapters. */
+  encodeToken(token: ConsistencyToken): string {
+    return encodeToken(token);
+  }
+
+  /** Stops the monitors and closes every pool. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#ready.catch(() => undefined);
+    await this.#primaryMonitor.close();
+    await Promise.all(this.#replicas.map((replica) => replica.monitor.close()));
+    await Promise.all([this.primary.end(), ...this.#replicas.map((replica) => replica.pool.end())]);
+  }
+
+  async #route(
+    consistency: Consistency,
+    token: ConsistencyToken | undefined,
+    options: ReadOptions,
+    span: Span,
+  ): Promise<Route> {
+    if (consistency.level === 'strong') return { node: 'primary', reason: 'strong' };
+
+    if (
+      token !== undefined &&
+      (consistency.level === 'read-your-writes' || consistency.level === 'monotonic')
+    ) {
+      const primary = this.#primaryMonitor.sample;
+      if (
+        primary === undefined ||
+        token.systemId !== primary.systemId ||
+        token.timeline !== primary.timeline
+      ) {
+        const session = currentSession();
+        if (session !== undefined) session.tokenUntrusted = true;
+        span.addEvent('replikit.token_untrusted', {
+          'replikit.token.timeline': token.timeline,
+          ...(primary === undefined ? {} : { 'replikit.primary.timeline': primary.timeline }),
+        });
+        return { node: 'primary', reason: 'token_untrusted' };
+      }
+      const required = requiredPosition(token, consistency.level === 'monotonic');
+      await this.#assertNotAhead(required);
+      return this.#routeToPosition(required, options, span);
+    }
+
+    if (consistency.level === 'read-your-writes' || consistency.level === 'monotonic') {
+      // No token: the session has not written; any replica in rotation is as fresh as needed.
+      return this.#routeToPosition(0n, options, span);
+    }
+
+    if (consistency.level === 'sticky-window') {
+      const writtenAt = token?.writtenAt ?? 0;
+      if (Date.now() - writtenAt < consistency.windowMs)
+        return { node: 'primary', reason: 'sticky_window' };
+      const replica = this.#pick(this.#inRotation());
+      return replica === undefined
+        ? this.#noReplica()
+        : { node: replica.name, reason: 'any_replica' };
+    }
+
+    if (consistency.level === 'bounded-staleness') {
+      const now = Date.now();
+      const inRotation = this.#inRotation();
+      if (inRotation.length === 0) return this.#noReplica();
+      const within = inRotation.filter(
+        (replica) => this.#lagMs(replica, now) <= consistency.maxStalenessMs,
+      );
+      const replica = this.#pick(within);
+      return replica === undefined
+        ? { node: 'primary', reason: 'too_stale' }
+        : { node: replica.name, reason: 'within_bound' };
+    }
+
+    const replica = this.#pick(this.#inRotation());
+    return replica === undefined
+      ? this.#noReplica()
+      : { node: replica.name, reason: 'any_replica' };
+  }
+
+  /** A replica that has replayed `required`, waiting a bounded time for one if none has yet. */
+  async #routeToPosition(required: Lsn, options: ReadOptions, span: Span): Promise<Route> {
+    const usable = this.#usable();
+    if (usable.length === 0) return this.#noReplica();
+    const caughtUp = this.#pick(
+      usable.filter((replica) => (replica.monitor.sample?.replayLsn ?? -1n) >= required),
+    );
+    if (caughtUp !== undefined) {
+      span.setAttribute('replikit.replica.lsn', formatLsn(caughtUp.monitor.sample!.replayLsn!));
+      return { node: caughtUp.name, reason: 'caught_up' };
+    }
+
+    const timeoutMs = options.waitTimeoutMs ?? this.#options.waitTimeoutMs ?? 1000;
+    const onTimeout = options.onWaitTimeout ?? this.#options.onWaitTimeout ?? 'primary';
+    const started = performance.now();
+    const replica = await this.#tracer.startActiveSpan(
+      'replikit.wait',
+      {
+        attributes: {
+          'replikit.token.lsn': formatLsn(required),
+          'replikit.wait.timeout_ms': timeoutMs,
+        },
+      },
+      async (waitSpan) => {
+        try {
+          const deadline = AbortSignal.timeout(timeoutMs);
+          const signal =
+            options.signal === undefined ? deadline : AbortSignal.any([deadline, options.signal]);
+          const waiting = this.#waiter.wait(required, signal);
+          for (const entry of usable) entry.monitor.wake();
+          const name = await waiting;
+          options.signal?.throwIfAborted();
+          waitSpan.setAttribute(
+            'replikit.wait.outcome',
+            name === undefined ? 'timeout' : 'caught_up',
+          );
+          if (name !== undefined) waitSpan.setAttribute('replikit.route.node', name);
+          return name;
+        } finally {
+          waitSpan.end();
+        }
+      },
+    );
+    const waitedMs = performance.now() - started;
+    const writtenAt = currentSession()?.token?.writtenAt ?? options.token?.writtenAt;
+    this.#observe(() =>
+      this.#options.observer?.onWait?.({
+        replica,
+        outcome: replica === undefined ? 'timeout' : 'caught_up',
+        waitedMs,
+        visibilityMs:
+          replica !== undefined && writtenAt !== undefined && writtenAt > 0
+            ? Math.max(0, Date.now() - writtenAt)
+            : undefined,
+      }),
+    );
+    if (replica !== undefined) {
+      const entry = this.#replicas.find((candidate) => candidate.name === replica);
+      if (entry?.monitor.sample?.replayLsn !== undefined)
+        span.setAttribute('replikit.replica.lsn', formatLsn(entry.monitor.sample.replayLsn));
+      return { node: replica, reason: 'waited' };
+    }
+    const expectedWaitMs = this.#expectedWaitMs();
+    if (onTimeout === 'error') {
+      throw new RoutingError(
+        'REPLICA_WAIT_TIMEOUT',
+        `no replica replayed ${formatLsn(required)} within ${timeoutMs} ms${expectedWaitMs === undefined ? '' : `; expected in about ${Math.ceil(expectedWaitMs)} ms`}`,
+        {
+          details: {
+            required: formatLsn(required),
+            waitedMs: Math.round(waitedMs),
+            expectedWaitMs,
+          },
+        },
+      );
+    }
+    span.addEvent('replikit.fallback', {
+      'replikit.fallback.reason': 'timeout',
+      'replikit.wait.ms': waitedMs,
+    });
+    return { node: 'primary', reason: 'timeout_fallback' };
+  }
+
+  /** A token's position beyond the primary's is forged or foreign: refuse it, never wait on it. */
+  async #assertNotAhead(required: Lsn): Promise<void> {
+    const cached = this.#primaryMonitor.sample;
+    if (cached !== undefined && required <= cached.insertLsn) return;
+    const fresh = await this.#primaryMonitor.refresh();
+    if (required > fresh.insertLsn) {
+      throw new RoutingError(
+        'TOKEN_AHEAD',
+        `the consistency token names WAL position ${formatLsn(required)}, beyond the primary's ${formatLsn(fresh.insertLsn)}: it was not issued by this cluster`,
+        { details: { token: formatLsn(required), primary: formatLsn(fresh.insertLsn) } },
+      );
+    }
+  }
+
+  async #run<R extends pg.QueryResultRow>(
+    node: string,
+    sql: string,
+    params: readonly unknown[],
+    trackSeen: boolean,
+  ): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined }> {
+    const replica =
+      node === 'primary' ? undefined : this.#replicas.find((entry) => entry.name === node);
+    const pool = replica?.pool ?? this.primary;
+    const query = async (): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined }> => {
+      if (!trackSeen)
+        return { result: await pool.query<R>(sql, params as unknown[]), seen: undefined };
+      return withClient(pool, async (client) => {
+        const result = await client.query<R>(sql, params as unknown[]);
+        // An upper bound of what the read's snapshot showed: asked after the read finished.
+        const position =
+          replica === undefined ? 'pg_current_wal_insert_lsn()' : 'pg_last_wal_replay_lsn()';
+        const { rows } = await client.query<{ lsn: string }>(`select ${position}::text as lsn`);
+        return { result, seen: parseLsn(rows[0]?.lsn ?? '') };
+      });
+    };
+    return replica === undefined ? query() : replica.monitor.breaker.execute(query);
+  }
+
+  /** The token for everything committed on `client` so far; merged into the session's. */
+  async #tokenAfterCommit(client: pg.PoolClient): Promise<ConsistencyToken> {
+    const { rows } = await client.query<{ lsn: string }>(
+      'select pg_current_wal_insert_lsn()::text as lsn',
+    );
+    const token = this.#tokenAt(parseLsn(rows[0]?.lsn ?? '') ?? 0n);
+    recordToken(token);
+    return token;
+  }
+
+  #tokenAt(written: Lsn, seen: Lsn = 0n): ConsistencyToken {
+    const primary = this.#primaryMonitor.sample;
+    if (primary === undefined)
+      throw new RoutingError('NO_NODE_AVAILABLE', 'the primary has not been reached yet');
+    return {
+      systemId: primary.systemId,
+      timeline: primary.timeline,
+      written: written === 0n ? 0n : normalizeInsertLsn(written, primary.walBlockSize),
+      seen,
+      writtenAt: written === 0n ? 0 : Date.now(),
+    };
+  }
+
+  /** Replicas usable when their position is proven: everything but down, promoted, foreign, starting. */
+  #usable(): ReplicaEntry[] {
+    return this.#replicas.filter(
+      (replica) =>
+        (replica.health.state === 'healthy' || replica.health.state === 'lagging') &&
+        replica.monitor.breaker.state === CircuitState.Closed,
+    );
+  }
+
+  /** Replicas in rotation for eventual, bounded and sticky reads: usable and not lagging. */
+  #inRotation(): ReplicaEntry[] {
+    return this.#usable().filter((replica) => replica.health.state === 'healthy');
+  }
+
+  #pick(candidates: readonly ReplicaEntry[]): ReplicaEntry | undefined {
+    if (candidates.length === 0) return undefined;
+    this.#nextReplica = (this.#nextReplica + 1) % candidates.length;
+    return candidates[this.#nextReplica];
+  }
+
+  #noReplica(): Route {
+    return { node: 'primary', reason: 'no_replica' };
+  }
+
+  #lagMs(replica: ReplicaEntry, now: number): number {
+    const sample = replica.monitor.sample;
+    if (sample?.replayLsn === undefined) return Number.POSITIVE_INFINITY;
+    const byPosition = this.#lag.lagMs(sample.replayLsn, now);
+    // Cut off: the WAL receiver lost the primary, or we lost the replica. Never report 0 then.
+    const cutOffSince = replica.monitor.failingSince ?? (sample.streaming ? undefined : sample.at);
+    const cutOff = cutOffSince === undefined ? 0 : now - cutOffSince;
+    return Math.max(byPosition, cutOff);
+  }
+
+  #lagBytes(replica: ReplicaEntry): bigint {
+    const replay = replica.monitor.sample?.replayLsn;
+    return replay === undefined ? 0n : this.#lag.lagBytes(replay);
+  }
+
+  /** The smallest lag among usable replicas: roughly when the first of them will catch up. */
+  #expectedWaitMs(): number | undefined {
+    const now = Date.now();
+    const lags = this.#usable()
+      .map((replica) => this.#lagMs(replica, now))
+      .filter(Number.isFinite);
+    return lags.length === 0 ? undefined : Math.min(...lags);
+  }
+
+  #onPrimarySample(sample: PrimarySample): void {
+    this.#lag.record(sample.insertLsn, sample.at);
+  }
+
+  #onReplicaSample(monitor: ReplicaMonitor): void {
+    const replica = this.#replicas.find((entry) => entry.name === monitor.name);
+    if (replica === undefined) return;
+    const before = replica.health;
+    replica.health = this.#health(replica);
+    if (before.state !== replica.health.state && before.state !== 'starting') {
+      const fields = {
+        replica: replica.name,
+        from: before.state,
+        to: replica.health.state,
+        ...(monitor.lastError === undefined ? {} : { err: monitor.lastError }),
+      };
+      if (replica.health.state === 'healthy')
+        this.#options.logger?.info?.(fields, 'replica back in rotation');
+      else this.#options.logger?.warn(fields, 'replica left rotation');
+    }
+    const allOut = this.#usable().length === 0;
+    if (allOut !== this.#allOut) {
+      this.#allOut = allOut;
+      if (allOut)
+        this.#options.logger?.warn(
+          { replicas: this.replicaNames },
+          'every replica is out of rotation: reads go to the primary',
+        );
+      this.#observe(() => this.#options.observer?.onAllReplicasOut?.(allOut));
+    }
+    const position = monitor.sample?.replayLsn;
+    if (
+      position !== undefined &&
+      monitor.closed &&
+      (replica.health.state === 'healthy' || replica.health.state === 'lagging')
+    ) {
+      this.#waiter.advance(replica.name, position);
+    }
+  }
+
+  #health(replica: ReplicaEntry): ReplicaHealth {
+    const monitor = replica.monitor;
+    const now = Date.now();
+    const current = replica.health;
+    if (monitor.lastError !== undefined || monitor.breaker.state !== CircuitState.Closed) {
+      if (
+        monitor.breaker.state === CircuitState.Closed &&
+        current.state !== 'starting' &&
+        current.state !== 'down'
+      )
+        return current;
+      return current.state === 'down'
+        ? current
+        : { state: 'down', since: now, error: monitor.lastError ?? 'circuit open' };
+    }
+    const sample = monitor.sample;
+    if (sample === undefined) return { state: 'starting' };
+    if (!sample.inRecovery)
+      return current.state === 'promoted' ? current : { state: 'promoted', since: now };
+    const primary = this.#primaryMonitor.sample;
+    if (
+      primary !== undefined &&
+      sample.systemId !== undefined &&
+      sample.systemId !== primary.systemId
+    ) {
+      return { state: 'foreign', systemId: sample.systemId };
+    }
+    const maxLagMs = this.#options.maxLagMs ?? 30_000;
+    const lag = this.#lagMs(replica, now);
+    if (current.state === 'lagging') return lag < maxLagMs / 2 ? { state: 'healthy' } : current;
+    return lag > maxLagMs ? { state: 'lagging', since: now } : { state: 'healthy' };
+  }
+
+  #pool(pool: pg.Pool, name: string): pg.Pool {
+    // An idle connection whose server went away emits 'error' on the pool; unhandled, it would
+    // crash the process. The breaker and the monitors deal with the node itself.
+    pool.on('error', (err) =>
+      this.#options.logger?.warn({ node: name, err: err.message }, 'idle connection lost'),
+    );
+    return pool;
+  }
+
+  #observe(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.#options.logger?.warn({ err: errorMessage(err) }, 'routing observer failed');
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new RoutingError('CLUSTER_CLOSED', 'the cluster has been closed');
+  }
+}

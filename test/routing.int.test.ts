@@ -1,0 +1,308 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  createCluster,
+  newSession,
+  RoutingError,
+  withSession,
+  type Cluster,
+  type Consistency,
+  type ConsistencyToken,
+  type ReadEvent,
+  type WaitEvent,
+} from '../src/routing/index.js';
+import type { LocalStack } from '../src/stack/index.js';
+import { createTestDatabase, eventually, testStack, type TestDatabase } from './support/stack.js';
+
+let stack: LocalStack;
+let db: TestDatabase;
+let cluster: Cluster;
+const reads: ReadEvent[] = [];
+const waits: WaitEvent[] = [];
+
+const ROWS = 50;
+
+async function bump(id: number): Promise<{ version: number; token: ConsistencyToken }> {
+  const { rows, token } = await cluster.write<{ version: number }>(
+    'update counters set version = version + 1 where id = $1 returning version',
+    [id],
+  );
+  return { version: rows[0]!.version, token };
+}
+
+async function readVersion(id: number, consistency: Consistency, token?: ConsistencyToken) {
+  const result = await cluster.read<{ version: number }>(
+    'select version from counters where id = $1',
+    [id],
+    {
+      consistency,
+      ...(token === undefined ? {} : { token }),
+    },
+  );
+  return { version: result.rows[0]!.version, servedBy: result.servedBy, reason: result.reason };
+}
+
+/**
+ * `cycles` write-then-read cycles, `concurrency` at a time, each on its own row: the number of
+ * reads that returned a version older than the one just written, and where reads were served.
+ */
+async function cycles(count: number, consistency: Consistency, concurrency = 25) {
+  let stale = 0;
+  const servedBy: Record<string, number> = {};
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, worker) => {
+      while (next < count) {
+        next++;
+        const id = (worker % ROWS) + 1;
+        const written = await bump(id);
+        const read = await readVersion(id, consistency, written.token);
+        if (read.version < written.version) stale++;
+        servedBy[read.servedBy] = (servedBy[read.servedBy] ?? 0) + 1;
+      }
+    }),
+  );
+  return { stale, servedBy };
+}
+
+beforeAll(async () => {
+  stack = await testStack();
+  db = await createTestDatabase('routing');
+  await stack.query(
+    'primary',
+    'create table counters (id int primary key, version int not null)',
+    [],
+    db.name,
+  );
+  await stack.query(
+    'primary',
+    `insert into counters select g, 0 from generate_series(1, ${ROWS}) g`,
+    [],
+    db.name,
+  );
+  await stack.waitForReplicas();
+  cluster = createCluster({
+    primary: db.primaryUrl,
+    replicas: db.replicaUrls,
+    waitTimeoutMs: 2000,
+    observer: { onRead: (event) => reads.push(event), onWait: (event) => waits.push(event) },
+  });
+  await cluster.ready();
+});
+
+afterEach(async () => {
+  await stack.resetFaults();
+});
+
+afterAll(async () => {
+  await cluster.close();
+  await db.drop();
+});
+
+describe('read-your-writes', () => {
+  it('never returns a version older than the one just written, with replica1 paused', async () => {
+    await stack.pauseReplay('replica1');
+    const ryw = await cycles(1000, { level: 'read-your-writes' });
+    expect(ryw.stale).toBe(0);
+    // The paused replica cannot serve them; the other replica does.
+    expect(ryw.servedBy['replica1'] ?? 0).toBe(0);
+    expect(ryw.servedBy['replica2'] ?? 0).toBeGreaterThan(0);
+
+    // The control: eventual reads under the same paused replica do come back stale, so the
+    // harness above would have seen staleness had there been any.
+    const eventual = await cycles(200, { level: 'eventual' });
+    expect(eventual.stale).toBeGreaterThan(0);
+  });
+
+  it('never returns an older version with a 200 ms apply delay on both replicas', async () => {
+    await stack.setApplyDelay('replica1', 200);
+    await stack.setApplyDelay('replica2', 200);
+    const ryw = await cycles(1000, { level: 'read-your-writes' }, 50);
+    expect(ryw.stale).toBe(0);
+    // Replicas still serve them, after waiting.
+    expect((ryw.servedBy['replica1'] ?? 0) + (ryw.servedBy['replica2'] ?? 0)).toBeGreaterThan(500);
+
+    const eventual = await cycles(200, { level: 'eventual' }, 50);
+    expect(eventual.stale).toBeGreaterThan(0);
+  });
+
+  it('never returns an older version with nothing injected, mostly from replicas', async () => {
+    const ryw = await cycles(1000, { level: 'read-your-writes' });
+    expect(ryw.stale).toBe(0);
+    expect((ryw.servedBy['replica1'] ?? 0) + (ryw.servedBy['replica2'] ?? 0)).toBeGreaterThan(900);
+  });
+
+  it('falls back to the primary when no replica catches up within the wait, and counts it', async () => {
+    await stack.pauseReplay('replica1');
+    await stack.pauseReplay('replica2');
+    const written = await bump(1);
+    const before = reads.length;
+    const result = await cluster.read<{ version: number }>(
+      'select version from counters where id = 1',
+      [],
+      {
+        token: written.token,
+        waitTimeoutMs: 200,
+      },
+    );
+    expect(result.rows[0]!.version).toBe(written.version);
+    expect(result).toMatchObject({ servedBy: 'primary', reason: 'timeout_fallback' });
+    expect(reads.slice(before)).toMatchObject([{ target: 'primary', reason: 'timeout_fallback' }]);
+    expect(waits.at(-1)).toMatchObject({ outcome: 'timeout', replica: undefined });
+  });
+
+  it('fails fast with the expected wait when told not to fall back', async () => {
+    await stack.pauseReplay('replica1');
+    await stack.pauseReplay('replica2');
+    const written = await bump(2);
+    const failure = await cluster
+      .read('select 1', [], { token: written.token, waitTimeoutMs: 100, onWaitTimeout: 'error' })
+      .catch((err: unknown) => err);
+    expect(failure).toBeInstanceOf(RoutingError);
+    expect((failure as RoutingError).code).toBe('REPLICA_WAIT_TIMEOUT');
+  });
+
+  it('rejects a token ahead of the primary instead of waiting on it', async () => {
+    const { token } = await bump(3);
+    const forged = { ...token, written: token.written + 10_000_000_000n };
+    const failure = await cluster
+      .read('select 1', [], { token: forged })
+      .catch((err: unknown) => err);
+    expect((failure as RoutingError).code).toBe('TOKEN_AHEAD');
+  });
+
+  it('reads from the primary with a token of another cluster or timeline', async () => {
+    const { token } = await bump(4);
+    for (const foreign of [
+      { ...token, systemId: '12345' },
+      { ...token, timeline: token.timeline + 1 },
+    ]) {
+      const session = newSession({ token: foreign });
+      const result = await withSession(session, () => cluster.read('select 1'));
+      expect(result).toMatchObject({ servedBy: 'primary', reason: 'token_untrusted' });
+      expect(session.tokenUntrusted).toBe(true);
+    }
+  });
+
+  it('picks up the token from the session and merges new writes into it', async () => {
+    const session = newSession();
+    await withSession(session, async () => {
+      const first = await bump(5);
+      expect(session.token?.written).toBe(first.token.written);
+      await stack.pauseReplay('replica1');
+      await stack.pauseReplay('replica2');
+      const second = await bump(5);
+      expect(session.token?.written).toBe(second.token.written);
+      const read = await readVersion(5, { level: 'read-your-writes' });
+      expect(read.version).toBe(second.version);
+      expect(session.servedBy).toBe(read.servedBy);
+    });
+  });
+});
+
+describe('monotonic reads', () => {
+  it('never go backwards in a session across two replicas with different delays', async () => {
+    await stack.setApplyDelay('replica1', 50);
+    await stack.setApplyDelay('replica2', 300);
+    const session = newSession();
+    let last = -1;
+    let backwards = 0;
+    const served = new Set<string>();
+    await withSession(session, async () => {
+      const writer = (async () => {
+        for (let i = 0; i < 100; i++) {
+          // Written outside the session: the reader has not written, only read.
+          await withSession(newSession(), () => bump(10));
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+      })();
+      for (let i = 0; i < 300; i++) {
+        const read = await readVersion(10, { level: 'monotonic' });
+        served.add(read.servedBy);
+        if (read.version < last) backwards++;
+        last = Math.max(last, read.version);
+      }
+      await writer;
+    });
+    expect(backwards).toBe(0);
+    expect(served.size).toBeGreaterThan(1);
+
+    // The control: eventual reads in the same situation do go backwards.
+    let eventualBackwards = 0;
+    let eventualLast = -1;
+    const writer = (async () => {
+      for (let i = 0; i < 100; i++) {
+        await bump(11);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    })();
+    for (let i = 0; i < 300; i++) {
+      const read = await readVersion(11, { level: 'eventual' });
+      if (read.version < eventualLast) eventualBackwards++;
+      eventualLast = Math.max(eventualLast, read.version);
+    }
+    await writer;
+    expect(eventualBackwards).toBeGreaterThan(0);
+  });
+});
+
+describe('bounded staleness and rotation', () => {
+  it('keeps to its bound: a replica delayed past it is not used', async () => {
+    await stack.setApplyDelay('replica1', 1000);
+    // Steady writes so the delayed replica's lag shows.
+    const stop = AbortSignal.timeout(3000);
+    const writer = (async () => {
+      while (!stop.aborted) {
+        await bump(20);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    await eventually(() => {
+      const lag =
+        cluster.replicaStatus().find((replica) => replica.name === 'replica1')?.lagSeconds ?? 0;
+      return lag > 0.5 ? true : undefined;
+    });
+    const served: Record<string, number> = {};
+    for (let i = 0; i < 100; i++) {
+      const result = await cluster.read('select 1', [], {
+        consistency: { level: 'bounded-staleness', maxStalenessMs: 300 },
+      });
+      served[result.servedBy] = (served[result.servedBy] ?? 0) + 1;
+    }
+    await writer;
+    expect(served['replica1'] ?? 0).toBe(0);
+    expect(served['replica2'] ?? 0).toBe(100);
+  });
+
+  it('serves every read when a replica is killed under load, and takes it out of rotation', async () => {
+    let failed = 0;
+    let done = 0;
+    const stop = AbortSignal.timeout(4000);
+    const load = Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (!stop.aborted) {
+          try {
+            await cluster.read('select pg_sleep(0.002)', [], {
+              consistency: { level: 'eventual' },
+            });
+            done++;
+          } catch {
+            failed++;
+          }
+        }
+      }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await stack.killNode('replica1');
+    await eventually(() => {
+      const replica1 = cluster.replicaStatus().find((replica) => replica.name === 'replica1');
+      return replica1?.health.state === 'down' ? true : undefined;
+    });
+    await load;
+    expect(failed).toBe(0);
+    expect(done).toBeGreaterThan(100);
+    const replica1 = cluster.replicaStatus().find((replica) => replica.name === 'replica1')!;
+    expect(replica1.up).toBe(false);
+    expect(replica1.lagSeconds).toBeGreaterThan(0);
+  });
+});
