@@ -48,7 +48,7 @@ export async function createTestDatabase(prefix = 't'): Promise<TestDatabase> {
 
 /** Polls `check` every 10 ms until it returns a value other than `undefined`, for at most `timeoutMs`. */
 export async function eventually<T>(
-  check: () => Promise<T | undefined>,
+  check: () => Promise<T | undefined> | T | undefined,
   timeoutMs = 15_000,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
