@@ -1,0 +1,77 @@
+import express from 'express';
+
+import { type CheckReadinessOptions, checkReadiness } from '../db/readiness.js';
+import type { NodePools } from '../db/pools.js';
+import { createMetricsHandler } from '../http/metrics-handler.js';
+import {
+  notFoundHandler,
+  problemDetailsMiddleware,
+  requireJsonBody,
+} from '../http/problem-details.js';
+import { requestTelemetry } from '../http/request-telemetry.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { MetricsRegistry } from '../telemetry/metrics.js';
+import type { Config } from './config.js';
+
+/** What {@link createApp} needs. */
+export interface AppOptions {
+  /** Only the settings the app itself reads. */
+  readonly config: Pick<Config, 'REPLIKIT_BODY_LIMIT'>;
+  readonly logger: Logger;
+  readonly pools: NodePools;
+  /** The service's own registry, served at `/metrics`. */
+  readonly registry: MetricsRegistry;
+  /** Deadline of each node's answer in `/readyz`. Default 1000 ms. */
+  readonly readinessTimeoutMs?: CheckReadinessOptions['timeoutMs'];
+}
+
+/**
+ * Builds the service's Express app without listening, so tests can mount it on a port of their
+ * choosing:
+ *
+ * - `GET /healthz` — 200 `{ status: 'ok' }` while the process runs;
+ * - `GET /readyz` — 200 when the primary answers within the deadline, else 503; lists every node;
+ * - `GET /metrics` — Prometheus text, or OpenMetrics when asked for;
+ * - any error, unknown route or unreadable body — `application/problem+json`.
+ *
+ * ```ts
+ * const app = createApp({ config, logger, pools, registry });
+ * const server = app.listen(0);
+ * ```
+ */
+export function createApp(options: AppOptions): express.Express {
+  const { logger, pools, registry } = options;
+  const app = express();
+  app.disable('x-powered-by');
+
+  app.use(requestTelemetry({ logger, registry }));
+  app.use(requireJsonBody());
+  app.use(
+    express.json({
+      limit: options.config.REPLIKIT_BODY_LIMIT,
+      type: ['application/json', 'application/*+json'],
+    }),
+  );
+
+  app.get('/healthz', (_req, res) => {
+    res.set('Cache-Control', 'no-store').json({ status: 'ok' });
+  });
+
+  app.get('/readyz', async (_req, res) => {
+    const report = await checkReadiness(pools, {
+      ...(options.readinessTimeoutMs === undefined
+        ? {}
+        : { timeoutMs: options.readinessTimeoutMs }),
+    });
+    res
+      .status(report.ready ? 200 : 503)
+      .set('Cache-Control', 'no-store')
+      .json({ status: report.status, nodes: report.nodes });
+  });
+
+  app.get('/metrics', createMetricsHandler(registry, { logger }));
+
+  app.use(notFoundHandler());
+  app.use(problemDetailsMiddleware({ logger }));
+  return app;
+}

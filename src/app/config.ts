@@ -1,0 +1,219 @@
+import { z } from 'zod';
+
+import { ReplikitError } from '../errors.js';
+
+const postgresUrl = z
+  .string()
+  .trim()
+  .refine((value) => {
+    try {
+      const url = new URL(value);
+      return url.protocol === 'postgres:' || url.protocol === 'postgresql:';
+    } catch {
+      return false;
+    }
+  }, 'must be a postgres:// or postgresql:// URL');
+
+const NODE_NAME = /^[a-z][a-z0-9_-]{0,62}$/i;
+
+/** One replica the service reads from, as listed in `REPLIKIT_REPLICA_URLS`. */
+export interface ReplicaUrl {
+  readonly name: string;
+  readonly url: string;
+}
+
+/**
+ * Parses `REPLIKIT_REPLICA_URLS`: comma-separated entries, each `name=url` or a bare `url`
+ * (a bare entry is named `replica<position>`, counting from 1).
+ */
+const replicaList = z
+  .string()
+  .trim()
+  .transform((value, ctx): ReplicaUrl[] => {
+    const entries = value
+      .split(',')
+      .map((part) => part.trim())
+      .filter((part) => part !== '');
+    if (entries.length === 0) {
+      ctx.addIssue({ code: 'custom', message: 'must list at least one replica URL' });
+      return z.NEVER;
+    }
+    const seen = new Set<string>();
+    const replicas: ReplicaUrl[] = [];
+    for (const [index, entry] of entries.entries()) {
+      const eq = entry.indexOf('=');
+      // "postgres://u@h/db?sslmode=require" also holds a "=", but after a ":".
+      const hasName = eq > 0 && !entry.slice(0, eq).includes(':');
+      const name = hasName ? entry.slice(0, eq).trim() : `replica${index + 1}`;
+      const url = hasName ? entry.slice(eq + 1).trim() : entry;
+      if (!postgresUrl.safeParse(url).success) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `entry ${index + 1} (${name}) must be a postgres:// URL, optionally prefixed with name=`,
+        });
+      } else if (!NODE_NAME.test(name)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `replica name "${name}" must be a letter followed by letters, digits, _ or -`,
+        });
+      } else if (name === 'primary') {
+        ctx.addIssue({
+          code: 'custom',
+          message: 'a replica cannot be named "primary"; that name is the primary\'s',
+        });
+      } else if (seen.has(name)) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `replica name "${name}" is used twice; give each replica its own name`,
+        });
+      }
+      seen.add(name);
+      replicas.push({ name, url });
+    }
+    return replicas;
+  });
+
+/** A whole number written in decimal digits only: `Number(' ')` is 0 and `Number('1e3')` is 1000. */
+function wholeNumber(min: number, max: number) {
+  return z
+    .string()
+    .trim()
+    .regex(/^\d{1,15}$/, `must be a whole number from ${min} to ${max}`)
+    .transform(Number)
+    .refine(
+      (value) => value >= min && value <= max,
+      `must be a whole number from ${min} to ${max}`,
+    );
+}
+
+const port = wholeNumber(0, 65_535);
+
+const httpUrl = z
+  .string()
+  .trim()
+  .refine((value) => {
+    try {
+      const url = new URL(value);
+      return url.protocol === 'http:' || url.protocol === 'https:';
+    } catch {
+      return false;
+    }
+  }, 'must be an http:// or https:// URL');
+
+/**
+ * Every environment variable the service reads, with its default. Values are strings as found in
+ * the environment; an empty value counts as unset.
+ */
+export const configSchema = z
+  .object({
+    /** HTTP port; 0 lets the system choose one. */
+    PORT: port.default(3000),
+    HOST: z.string().trim().min(1).default('127.0.0.1'),
+    LOG_LEVEL: z
+      .string()
+      .trim()
+      .toLowerCase()
+      .pipe(z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+      .default('info'),
+    /** Existing primary; set together with `REPLIKIT_REPLICA_URLS`, or neither to start the local stack. */
+    REPLIKIT_PRIMARY_URL: postgresUrl.optional(),
+    REPLIKIT_REPLICA_URLS: replicaList.optional(),
+    /** Database the service uses on the local stack (created when missing). */
+    REPLIKIT_DATABASE: z
+      .string()
+      .trim()
+      .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier')
+      .default('replikit'),
+    REPLIKIT_STACK_DIR: z.string().trim().min(1).default('.replikit'),
+    REPLIKIT_STACK_PORT: wholeNumber(1, 65_535).optional(),
+    REPLIKIT_PG_BIN: z.string().trim().min(1).optional(),
+    /** Largest JSON request body accepted, as understood by body-parser (`100kb`, `1mb`). */
+    REPLIKIT_BODY_LIMIT: z
+      .string()
+      .trim()
+      .regex(/^\d+(b|kb|mb)$/i, 'must be a size such as 100kb or 1mb')
+      .default('100kb'),
+    /** Upper bound on a graceful shutdown, after which the process exits anyway. */
+    REPLIKIT_SHUTDOWN_TIMEOUT_MS: wholeNumber(1, 3_600_000).default(10_000),
+    OTEL_SERVICE_NAME: z.string().trim().min(1).default('replikit'),
+    /** When set, traces are exported there over OTLP/HTTP (protobuf); when unset nothing is exported. */
+    OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl.optional(),
+  })
+  .superRefine((config, ctx) => {
+    if (
+      (config.REPLIKIT_PRIMARY_URL === undefined) !==
+      (config.REPLIKIT_REPLICA_URLS === undefined)
+    ) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [
+          config.REPLIKIT_PRIMARY_URL === undefined
+            ? 'REPLIKIT_PRIMARY_URL'
+            : 'REPLIKIT_REPLICA_URLS',
+        ],
+        message:
+          'set both REPLIKIT_PRIMARY_URL and REPLIKIT_REPLICA_URLS to use existing servers, or neither to start the local stack',
+      });
+    }
+  });
+
+/** The validated configuration, as {@link loadConfig} returns it. */
+export type Config = z.output<typeof configSchema>;
+
+/**
+ * Raised when the environment does not describe a valid configuration. The message is one line
+ * that names the variable; `details.variable` holds the name for programs.
+ */
+export class ConfigError extends ReplikitError {
+  override readonly name = 'ConfigError';
+
+  constructor(variable: string, message: string, options: { cause?: unknown } = {}) {
+    super('CONFIG_INVALID', message, { ...options, details: { variable } });
+  }
+}
+
+/**
+ * Hides the password of a URL, so that a value can be echoed in an error message or a log line.
+ *
+ * ```ts
+ * redactUrl('postgres://app:s3cret@db:5432/app'); // 'postgres://app:***@db:5432/app'
+ * ```
+ */
+export function redactUrl(value: string): string {
+  // Works on text that is not a valid URL too: the whole point is to echo bad values safely.
+  return value.replace(/(\/\/[^/@:\s]*):[^/@\s]*@/g, '$1:***@');
+}
+
+function truncate(value: string, max: number): string {
+  return value.length <= max ? value : `${value.slice(0, max - 1)}…`;
+}
+
+/**
+ * Reads the configuration from environment variables.
+ *
+ * ```ts
+ * const config = loadConfig({ PORT: '8080', REPLIKIT_DATABASE: 'demo' });
+ * config.PORT; // 8080
+ * ```
+ *
+ * @throws ConfigError naming the first variable that is wrong, in one line.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const present = Object.fromEntries(
+    Object.entries(env).filter(([, value]) => value !== undefined && value !== ''),
+  );
+  const result = configSchema.safeParse(present);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const key = issue?.path[0];
+  const variable = typeof key === 'string' ? key : 'configuration';
+  const received = typeof key === 'string' ? env[key] : undefined;
+  const shown =
+    received === undefined || received === ''
+      ? ''
+      : ` (got ${JSON.stringify(truncate(redactUrl(received), 80))})`;
+  const message = (issue?.message ?? 'invalid value').replace(/\s+/g, ' ');
+  throw new ConfigError(variable, `invalid ${variable}${shown}: ${message}`, {
+    cause: result.error,
+  });
+}

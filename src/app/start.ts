@@ -1,0 +1,341 @@
+/**
+ * The service's entry point (`npm start`):
+ *
+ * 1. reads the configuration; a bad value ends the process with exit code 2 and one line naming it;
+ * 2. unless `REPLIKIT_PRIMARY_URL` and `REPLIKIT_REPLICA_URLS` name existing servers, starts the
+ *    local stack and creates `REPLIKIT_DATABASE` on it;
+ * 3. applies the schema migrations, waits for the replicas to replay them;
+ * 4. serves HTTP on `HOST:PORT` and prints the URLs.
+ *
+ * SIGINT or SIGTERM — also during start-up — stops accepting requests, lets in-flight ones
+ * finish, closes the pools, stops the PostgreSQL servers this process started (never ones it found
+ * running), flushes telemetry and exits 0, all within `REPLIKIT_SHUTDOWN_TIMEOUT_MS`; past that it
+ * exits 1. A failed start-up undoes the same way, prints one line and exits 1.
+ *
+ * Tracing needs `node --import ./dist/telemetry/register.js` (see that file).
+ *
+ * @packageDocumentation
+ */
+import { type Config, ConfigError, loadConfig, redactUrl } from './config.js';
+import { createApp } from './app.js';
+import { MIGRATIONS } from './migrations.js';
+import { listen } from './server.js';
+import { ensureDatabase } from '../db/ensure-database.js';
+import { migrate } from '../db/migrate.js';
+import { closeNodePools, createNodePools, type NodeUrls } from '../db/pools.js';
+import { ReplikitError } from '../errors.js';
+import { LocalStack } from '../stack/index.js';
+import { createLogger, type Logger } from '../telemetry/logger.js';
+import { createMetricsRegistry } from '../telemetry/metrics.js';
+import { shutdownTelemetry, telemetryState } from '../telemetry/otel.js';
+
+/** Exit codes: 0 stopped on request, 1 failed (start-up, crash, shutdown too slow), 2 bad configuration. */
+const EXIT = { ok: 0, failed: 1, config: 2 } as const;
+
+/** Something to undo on the way out, in reverse order of acquisition. */
+interface Cleanup {
+  readonly what: string;
+  readonly run: () => Promise<void>;
+}
+
+/** One line on standard error, for the person at the terminal. */
+function say(line: string): void {
+  process.stderr.write(`replikit: ${line.replace(/\s*\n\s*/g, ' ')}\n`);
+}
+
+function messageOf(err: unknown): string {
+  // Connecting to "localhost" tries ::1 and 127.0.0.1; Node reports both in an AggregateError
+  // whose own message is empty.
+  if (err instanceof AggregateError && err.message === '' && err.errors.length > 0) {
+    return messageOf(err.errors[0]);
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Names of the stack's nodes already running before this process touched the stack. */
+async function runningNodes(config: Config): Promise<Set<string>> {
+  try {
+    const stack = await LocalStack.open({
+      dir: config.REPLIKIT_STACK_DIR,
+      ...(config.REPLIKIT_PG_BIN === undefined ? {} : { pgBin: config.REPLIKIT_PG_BIN }),
+    });
+    const status = await stack.status();
+    return new Set(status.filter((node) => node.running).map((node) => node.name));
+  } catch {
+    // No stack yet (or unreadable: LocalStack.start will say why).
+    return new Set();
+  }
+}
+
+/** Stops the nodes of the stack in `dir` that are running now but were not in `adopted`. */
+async function stopStartedNodes(
+  stack: LocalStack,
+  adopted: ReadonlySet<string>,
+  logger: Logger,
+): Promise<void> {
+  const ours = stack.nodes.filter((node) => !adopted.has(node.name));
+  if (ours.length === 0) {
+    logger.info('leaving the local stack running: it was running before');
+    return;
+  }
+  logger.info({ nodes: ours.map((node) => node.name) }, 'stopping PostgreSQL');
+  await Promise.all(ours.map((node) => stack.stopNode(node.name)));
+}
+
+class Service {
+  readonly #config: Config;
+  readonly #logger: Logger;
+  readonly #cleanups: Cleanup[] = [];
+  readonly #abort = new AbortController();
+  #startup: Promise<void> = Promise.resolve();
+  #stopping = false;
+
+  constructor(config: Config, logger: Logger) {
+    this.#config = config;
+    this.#logger = logger;
+  }
+
+  /** Runs start-up; rejects on failure (resources acquired so far stay registered for {@link stop}). */
+  start(): Promise<void> {
+    this.#startup = this.#start();
+    return this.#startup;
+  }
+
+  async #start(): Promise<void> {
+    const config = this.#config;
+    const logger = this.#logger;
+    const signal = this.#abort.signal;
+
+    const telemetry = telemetryState();
+    if (!telemetry.started && config.OTEL_EXPORTER_OTLP_ENDPOINT !== undefined) {
+      logger.warn(
+        'OTEL_EXPORTER_OTLP_ENDPOINT is set but tracing is off: start with node --import ./dist/telemetry/register.js',
+      );
+    } else if (telemetry.exporting) {
+      logger.info({ url: telemetry.tracesUrl }, 'exporting traces over OTLP');
+    }
+
+    let urls: NodeUrls;
+    let stack: LocalStack | undefined;
+    if (config.REPLIKIT_PRIMARY_URL !== undefined && config.REPLIKIT_REPLICA_URLS !== undefined) {
+      urls = { primary: config.REPLIKIT_PRIMARY_URL, replicas: config.REPLIKIT_REPLICA_URLS };
+      logger.info(
+        {
+          primary: redactUrl(urls.primary),
+          replicas: urls.replicas.map((r) => ({ name: r.name, url: redactUrl(r.url) })),
+        },
+        'using existing PostgreSQL servers',
+      );
+    } else {
+      const local = await this.#startStack();
+      stack = local;
+      signal.throwIfAborted();
+      const database = config.REPLIKIT_DATABASE;
+      const created = await step('create the database', () =>
+        ensureDatabase(local.url('primary', 'postgres'), database),
+      );
+      if (created) logger.info({ database }, 'created the database');
+      urls = {
+        primary: local.url('primary', database),
+        replicas: local.replicas.map((replica) => ({
+          name: replica.name,
+          url: local.url(replica.name, database),
+        })),
+      };
+    }
+    signal.throwIfAborted();
+
+    const pools = createNodePools(urls, {
+      onIdleError: (err, node) =>
+        logger.warn({ err, node }, 'an idle database connection failed; it will be replaced'),
+    });
+    this.#cleanups.push({
+      what: 'database pools',
+      run: async () => {
+        const errors = await closeNodePools(pools);
+        for (const err of errors) logger.warn({ err }, 'a pool did not close cleanly');
+      },
+    });
+
+    const result = await step('apply the migrations on the primary', () =>
+      migrate(pools.primary, MIGRATIONS, {
+        signal,
+        onApplied: (id, durationMs) =>
+          logger.info({ migration: id, durationMs: Math.round(durationMs) }, 'applied migration'),
+      }),
+    );
+    if (result.unknown.length > 0) {
+      logger.warn(
+        { migrations: result.unknown },
+        'the database has migrations this version does not know; a newer version migrated it',
+      );
+    }
+    if (stack !== undefined) {
+      const local = stack;
+      // So that a read on a replica right after start-up finds the tables.
+      await step('wait for the replicas to replay the migrations', () =>
+        local.waitForReplicas({ signal }),
+      );
+    }
+    signal.throwIfAborted();
+
+    const app = createApp({ config, logger, pools, registry: createMetricsRegistry() });
+    const server = await listen(app, { port: config.PORT, host: config.HOST });
+    this.#cleanups.push({
+      what: 'HTTP server',
+      run: () => server.close({ graceMs: Math.floor(config.REPLIKIT_SHUTDOWN_TIMEOUT_MS / 2) }),
+    });
+
+    const nodes = [
+      { name: 'primary', url: urls.primary },
+      ...urls.replicas.map(({ name, url }) => ({ name, url })),
+    ].map(({ name, url }) => ({ name, url: redactUrl(url) }));
+    logger.info({ url: server.url, metrics: `${server.url}/metrics`, nodes }, 'replikit is ready');
+    const width = Math.max(8, ...nodes.map((node) => node.name.length));
+    const row = (label: string, value: string): string => `  ${label.padEnd(width)}  ${value}\n`;
+    process.stderr.write(
+      `\nreplikit is ready\n` +
+        row('service', server.url) +
+        row('healthz', `${server.url}/healthz`) +
+        row('readyz', `${server.url}/readyz`) +
+        row('metrics', `${server.url}/metrics`) +
+        nodes.map((node) => row(node.name, node.url)).join('') +
+        `\nPress Ctrl-C to stop.\n\n`,
+    );
+  }
+
+  async #startStack(): Promise<LocalStack> {
+    const config = this.#config;
+    const logger = this.#logger.child({ component: 'stack' });
+    const adopted = await runningNodes(config);
+    const options = {
+      dir: config.REPLIKIT_STACK_DIR,
+      log: (line: string) => logger.info(line),
+      signal: this.#abort.signal,
+      ...(config.REPLIKIT_PG_BIN === undefined ? {} : { pgBin: config.REPLIKIT_PG_BIN }),
+      ...(config.REPLIKIT_STACK_PORT === undefined ? {} : { basePort: config.REPLIKIT_STACK_PORT }),
+    };
+    try {
+      const stack = await LocalStack.start(options);
+      this.#cleanups.push({
+        what: 'local stack',
+        run: () => stopStartedNodes(stack, adopted, logger),
+      });
+      return stack;
+    } catch (err) {
+      // LocalStack.start may have started some nodes before it failed (or was interrupted):
+      // stop those, so that no PostgreSQL outlives this process.
+      const opened = await LocalStack.open(options).catch(() => undefined);
+      if (opened !== undefined) {
+        await stopStartedNodes(opened, adopted, logger).catch((stopError: unknown) =>
+          logger.error({ err: stopError }, 'could not stop the nodes started so far'),
+        );
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Undoes everything, in reverse order, within the shutdown timeout; then exits with `code`.
+   * Called on a signal, after a failed start-up, or on a crash. Later calls are ignored.
+   */
+  async stop(code: number, reason: string): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    const logger = this.#logger;
+    const timeoutMs = this.#config.REPLIKIT_SHUTDOWN_TIMEOUT_MS;
+    const deadline = setTimeout(() => {
+      logger.error({ timeoutMs }, 'shutdown took too long; exiting anyway');
+      say(
+        `shutdown took longer than ${timeoutMs} ms (REPLIKIT_SHUTDOWN_TIMEOUT_MS); exiting anyway`,
+      );
+      process.exit(EXIT.failed);
+    }, timeoutMs);
+    deadline.unref();
+
+    logger.info({ reason }, 'shutting down');
+    this.#abort.abort(new Error(reason));
+    // Start-up notices the abort between steps; what it acquired is registered by then.
+    await this.#startup.catch(() => undefined);
+    for (const cleanup of this.#cleanups.reverse()) {
+      try {
+        await cleanup.run();
+        logger.debug({ what: cleanup.what }, 'closed');
+      } catch (err) {
+        logger.error({ err, what: cleanup.what }, 'could not close cleanly');
+      }
+    }
+    await shutdownTelemetry({ timeoutMs: Math.max(1, timeoutMs / 4) });
+    logger.info({ code }, 'stopped');
+    clearTimeout(deadline);
+    process.exit(code);
+  }
+
+  /** Whether a stop was requested, so that start-up errors caused by the abort are not reported. */
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+}
+
+/** Runs `work`, giving its failure a one-line message that says what start-up was doing. */
+async function step<T>(what: string, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (err instanceof ReplikitError || (err instanceof Error && err.name === 'AbortError'))
+      throw err;
+    throw new ReplikitError('STARTUP_FAILED', `could not ${what}: ${messageOf(err)}`, {
+      cause: err,
+    });
+  }
+}
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      say(err.message);
+      process.exit(EXIT.config);
+    }
+    throw err;
+  }
+
+  const logger = createLogger({ level: config.LOG_LEVEL, service: config.OTEL_SERVICE_NAME });
+  const service = new Service(config, logger);
+
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      if (service.stopping) {
+        logger.warn({ signal }, 'already shutting down');
+        return;
+      }
+      void service.stop(EXIT.ok, signal);
+    });
+  }
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ err }, 'uncaught exception');
+    void service.stop(EXIT.failed, 'uncaught exception');
+  });
+  process.on('unhandledRejection', (err) => {
+    logger.fatal({ err }, 'unhandled promise rejection');
+    void service.stop(EXIT.failed, 'unhandled promise rejection');
+  });
+
+  try {
+    await service.start();
+  } catch (err) {
+    if (service.stopping) return; // interrupted by a signal: stop() is already undoing start-up
+    if (err instanceof ReplikitError) {
+      logger.error({ err }, 'start-up failed');
+      say(err.message);
+    } else {
+      logger.fatal({ err }, 'start-up failed');
+      say(`start-up failed: ${messageOf(err)}`);
+    }
+    await service.stop(EXIT.failed, 'start-up failed');
+  }
+}
+
+await main();
