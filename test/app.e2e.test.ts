@@ -7,6 +7,7 @@ import { createApp } from '../src/app/app.js';
 import { loadConfig } from '../src/app/config.js';
 import { listen, type RunningServer } from '../src/app/server.js';
 import { closeNodePools, createNodePools, type NodePools } from '../src/db/pools.js';
+import { createCluster, type Cluster } from '../src/routing/index.js';
 import { ReplikitError } from '../src/errors.js';
 import { problemDetailsMiddleware } from '../src/http/problem-details.js';
 import { createLogger } from '../src/telemetry/logger.js';
@@ -54,6 +55,7 @@ async function expectProblem(response: Response, status: number, instance: strin
 
 let db: TestDatabase;
 let pools: NodePools;
+let cluster: Cluster;
 let running: RunningServer;
 let base: string;
 const capture = capturingLogger();
@@ -64,9 +66,12 @@ beforeAll(async () => {
     primary: db.primaryUrl,
     replicas: Object.entries(db.replicaUrls).map(([name, url]) => ({ name, url })),
   });
+  cluster = createCluster({ primary: db.primaryUrl, replicas: db.replicaUrls });
+  await cluster.ready();
   const app = createApp({
     config: loadConfig({ REPLIKIT_BODY_LIMIT: '1kb' }),
     logger: capture.logger,
+    cluster,
     pools,
     registry: createMetricsRegistry(),
   });
@@ -77,6 +82,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await running.close();
   await closeNodePools(pools);
+  await cluster.close();
   await db.drop();
 });
 
@@ -215,6 +221,7 @@ describe('GET /readyz with nodes down', () => {
           createApp({
             config: loadConfig({}),
             logger: capturingLogger().logger,
+            cluster,
             pools: nodePools,
             registry: createMetricsRegistry(),
           }),

@@ -2,6 +2,7 @@ import express from 'express';
 
 import { type CheckReadinessOptions, checkReadiness } from '../db/readiness.js';
 import type { NodePools } from '../db/pools.js';
+import { consistencyMiddleware } from '../http/consistency.js';
 import { createMetricsHandler } from '../http/metrics-handler.js';
 import {
   notFoundHandler,
@@ -11,14 +12,19 @@ import {
 import { requestTelemetry } from '../http/request-telemetry.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { MetricsRegistry } from '../telemetry/metrics.js';
+import type { Cluster } from '../routing/index.js';
 import type { Config } from './config.js';
+import { usersRouter } from './users.js';
 
 /** What {@link createApp} needs. */
 export interface AppOptions {
   /** Only the settings the app itself reads. */
   readonly config: Pick<Config, 'REPLIKIT_BODY_LIMIT'>;
   readonly logger: Logger;
-  readonly pools: NodePools;
+  /** The routed cluster the demo resources read and write through. */
+  readonly cluster: Cluster;
+  /** Pools checked by `/readyz`. Default: the cluster's. */
+  readonly pools?: NodePools;
   /** The service's own registry, served at `/metrics`. */
   readonly registry: MetricsRegistry;
   /** Deadline of each node's answer in `/readyz`. Default 1000 ms. */
@@ -40,7 +46,8 @@ export interface AppOptions {
  * ```
  */
 export function createApp(options: AppOptions): express.Express {
-  const { logger, pools, registry } = options;
+  const { logger, cluster, registry } = options;
+  const pools = options.pools ?? cluster.nodePools();
   const app = express();
   app.disable('x-powered-by');
 
@@ -70,6 +77,11 @@ export function createApp(options: AppOptions): express.Express {
   });
 
   app.get('/metrics', createMetricsHandler(registry, { logger }));
+
+  // Everything below is a consistency session: X-Consistency and X-Consistency-Token in, the
+  // merged token and X-Served-By out.
+  app.use(consistencyMiddleware());
+  app.use(usersRouter(cluster));
 
   app.use(notFoundHandler());
   app.use(problemDetailsMiddleware({ logger }));

@@ -22,11 +22,13 @@ import { MIGRATIONS } from './migrations.js';
 import { listen } from './server.js';
 import { ensureDatabase } from '../db/ensure-database.js';
 import { migrate } from '../db/migrate.js';
-import { closeNodePools, createNodePools, type NodeUrls } from '../db/pools.js';
+import type { NodeUrls } from '../db/pools.js';
 import { ReplikitError } from '../errors.js';
+import { createCluster } from '../routing/index.js';
 import { LocalStack } from '../stack/index.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { createMetricsRegistry } from '../telemetry/metrics.js';
+import { createRoutingMetrics } from '../telemetry/routing-metrics.js';
 import { shutdownTelemetry, telemetryState } from '../telemetry/otel.js';
 
 /** Exit codes: 0 stopped on request, 1 failed (start-up, crash, shutdown too slow), 2 bad configuration. */
@@ -145,20 +147,20 @@ class Service {
     }
     signal.throwIfAborted();
 
-    const pools = createNodePools(urls, {
-      onIdleError: (err, node) =>
-        logger.warn({ err, node }, 'an idle database connection failed; it will be replaced'),
+    const registry = createMetricsRegistry();
+    const routingMetrics = createRoutingMetrics(registry, { logger });
+    const cluster = createCluster({
+      primary: urls.primary,
+      replicas: Object.fromEntries(urls.replicas.map(({ name, url }) => [name, url])),
+      logger: logger.child({ component: 'routing' }),
+      observer: routingMetrics.observer,
     });
-    this.#cleanups.push({
-      what: 'database pools',
-      run: async () => {
-        const errors = await closeNodePools(pools);
-        for (const err of errors) logger.warn({ err }, 'a pool did not close cleanly');
-      },
-    });
+    routingMetrics.attach(cluster);
+    this.#cleanups.push({ what: 'database cluster', run: () => cluster.close() });
+    await step('reach the database nodes', () => cluster.ready());
 
     const result = await step('apply the migrations on the primary', () =>
-      migrate(pools.primary, MIGRATIONS, {
+      migrate(cluster.primary, MIGRATIONS, {
         signal,
         onApplied: (id, durationMs) =>
           logger.info({ migration: id, durationMs: Math.round(durationMs) }, 'applied migration'),
@@ -179,7 +181,7 @@ class Service {
     }
     signal.throwIfAborted();
 
-    const app = createApp({ config, logger, pools, registry: createMetricsRegistry() });
+    const app = createApp({ config, logger, cluster, registry });
     const server = await listen(app, { port: config.PORT, host: config.HOST });
     this.#cleanups.push({
       what: 'HTTP server',

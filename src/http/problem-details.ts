@@ -41,6 +41,8 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   // A token ahead of the primary is forged or from another cluster: rejected, never waited on.
   TOKEN_AHEAD: 400,
   NOT_FOUND: 404,
+  // The request clashes with the current state (a unique email already taken, a stale version).
+  CONFLICT: 409,
   VERSION_CONFLICT: 409,
   // Nothing can serve the request now; worth retrying later.
   NO_NODE_AVAILABLE: 503,

@@ -420,6 +420,17 @@ export class Cluster {
     };
   }
 
+  /** The connection pools, primary and replicas by name (for health checks and migrations). */
+  nodePools(): {
+    readonly primary: pg.Pool;
+    readonly replicas: readonly { readonly name: string; readonly pool: pg.Pool }[];
+  } {
+    return {
+      primary: this.primary,
+      replicas: this.#replicas.map(({ name, pool }) => ({ name, pool })),
+    };
+  }
+
   /** Position queries each replica's monitor has sent; shows that waiters share one poll stream. */
   monitorPolls(): Readonly<Record<string, number>> {
     return Object.fromEntries(
@@ -700,7 +711,10 @@ export class Cluster {
   }
 
   #onPrimarySample(sample: PrimarySample): void {
-    this.#lag.record(sample.insertLsn, sample.at);
+    // The raw insert position of an idle primary whose last record ended on a page boundary is
+    // past the next page's header, where no replay position ever stops: caught-up replicas would
+    // show a lag that grows for as long as the primary stays idle.
+    this.#lag.record(normalizeInsertLsn(sample.insertLsn, sample.walBlockSize), sample.at);
   }
 
   #onReplicaSample(monitor: ReplicaMonitor): void {

@@ -23,7 +23,8 @@ export interface ConsistencyToken {
 
 const PREFIX = 'rk1';
 const MAX_TOKEN_LENGTH = 128;
-const FIELD = /^[0-9a-z]{1,13}$/;
+/** Base 36 as `toString(36)` writes it: no leading zeros, so every token has one spelling. */
+const FIELD = /^(?:0|[1-9a-z][0-9a-z]{0,12})$/;
 const MAX_U64 = (1n << 64n) - 1n;
 
 function parseBase36(text: string | undefined, what: string): bigint {

@@ -25,11 +25,16 @@ export const DEFAULT_CONSISTENCY: Consistency = { level: 'read-your-writes' };
 
 const MAX_BOUND_MS = 24 * 60 * 60 * 1000;
 
+/** Quotes client input for a message, cut short: a header can be kilobytes long. */
+function quote(text: string): string {
+  return text.length > 40 ? `"${text.slice(0, 40)}…"` : `"${text}"`;
+}
+
 function bound(text: string, level: string): number {
   if (!/^\d{1,9}$/.test(text)) {
     throw new RoutingError(
       'CONSISTENCY_INVALID',
-      `${level} needs a whole number of milliseconds, as in ${level}=500; got "${text}"`,
+      `${level} needs a whole number of milliseconds, as in ${level}=500; got ${quote(text)}`,
     );
   }
   const ms = Number(text);
@@ -74,7 +79,7 @@ export function parseConsistency(text: string): Consistency {
     default:
       throw new RoutingError(
         'CONSISTENCY_INVALID',
-        `unknown consistency level "${level.slice(0, 40)}"; use strong, read-your-writes, monotonic, bounded-staleness=<ms>, eventual or sticky-window=<ms>`,
+        `unknown consistency level ${quote(level)}; use strong, read-your-writes, monotonic, bounded-staleness=<ms>, eventual or sticky-window=<ms>`,
       );
   }
 }

@@ -20,6 +20,13 @@ export class LagEstimator {
   readonly #marks: Mark[] = [];
   readonly #horizonMs: number;
   #last: { lsn: Lsn; at: number } | undefined;
+  /**
+   * By when the primary had passed every position below the oldest mark: the first sample (it
+   * was already there), then the newest mark dropped for age. A replica behind all the history
+   * is at least this far behind; taking the oldest mark's time instead would under-report it,
+   * to nothing when the primary was idle in between.
+   */
+  #floorAt: number | undefined;
 
   constructor(options: { horizonMs?: number } = {}) {
     this.#horizonMs = options.horizonMs ?? 15 * 60_000;
@@ -33,6 +40,7 @@ export class LagEstimator {
   /** Records a sample of the primary's position taken at `at` (ms). */
   record(lsn: Lsn, at: number): void {
     const last = this.#last;
+    this.#floorAt ??= at;
     if (last !== undefined && lsn > last.lsn) {
       // The WAL past last.lsn appeared somewhere between the two samples: halve the error.
       this.#marks.push({ lsn: last.lsn, at: (last.at + at) / 2 });
@@ -41,7 +49,7 @@ export class LagEstimator {
     const oldest = at - this.#horizonMs;
     let drop = 0;
     while (drop < this.#marks.length - 1 && this.#marks[drop]!.at < oldest) drop++;
-    if (drop > 0) this.#marks.splice(0, drop);
+    if (drop > 0) this.#floorAt = this.#marks.splice(0, drop)[drop - 1]!.at;
   }
 
   /**
@@ -52,7 +60,7 @@ export class LagEstimator {
     const last = this.#last;
     if (last === undefined || replayed >= last.lsn) return 0;
     // The primary passed `replayed` at the last mark at or below it (the mark of the step that
-    // took the primary from there to beyond it); older than the history: its oldest mark.
+    // took the primary from there to beyond it); older than the history: by the floor.
     let low = 0;
     let high = this.#marks.length;
     while (low < high) {
@@ -61,8 +69,8 @@ export class LagEstimator {
       else high = mid;
     }
     const exact = this.#marks[low]?.lsn === replayed ? this.#marks[low] : undefined;
-    const mark = exact ?? this.#marks[low - 1] ?? this.#marks[0];
-    const since = mark?.at ?? last.at;
+    const mark = exact ?? this.#marks[low - 1];
+    const since = mark?.at ?? this.#floorAt ?? last.at;
     return Math.max(0, now - since);
   }
 
