@@ -193,6 +193,7 @@ export class Cluster {
   readonly #tracer: Tracer;
   readonly #ready: Promise<void>;
   #nextReplica = 0;
+  #started = false;
   #allOut = false;
   #closed = false;
 
@@ -231,6 +232,7 @@ export class Cluster {
   async #start(): Promise<void> {
     await this.#primaryMonitor.start();
     await Promise.all(this.#replicas.map((replica) => replica.monitor.start()));
+    this.#started = true;
   }
 
   /** Resolves once every node has been sampled once (whatever the outcome). */
@@ -299,7 +301,7 @@ export class Cluster {
     options: ReadOptions = {},
   ): Promise<ReadResult<R>> {
     this.#assertOpen();
-    await this.#ready;
+    if (!this.#started) await this.#ready;
     const session = currentSession();
     const consistency =
       options.consistency ??
@@ -312,8 +314,10 @@ export class Cluster {
       'replikit.read',
       { kind: SpanKind.INTERNAL, attributes: { 'replikit.consistency': consistency.level } },
       async (span) => {
+        // Attributes cost string formatting: skip them when nobody records the span.
+        const recording = span.isRecording();
         try {
-          if (token !== undefined)
+          if (recording && token !== undefined)
             span.setAttribute(
               'replikit.token.lsn',
               formatLsn(requiredPosition(token, consistency.level === 'monotonic')),
@@ -340,6 +344,8 @@ export class Cluster {
               { replica: route.node, err: errorMessage(err) },
               'read failed on a replica; served by the primary',
             );
+            // Let the monitor look now rather than at its next interval.
+            this.#replicas.find((replica) => replica.name === route.node)?.monitor.wake();
             route = { node: 'primary', reason: 'replica_error' };
             ({ result, seen } = await this.#run<R>(
               'primary',
@@ -359,11 +365,13 @@ export class Cluster {
             if (newToken !== undefined && route.reason !== 'token_untrusted')
               session.token = mergeTokens(session.token, newToken);
           }
-          span.setAttributes({
-            'replikit.route.target': route.node === 'primary' ? 'primary' : 'replica',
-            'replikit.route.node': route.node,
-            'replikit.route.reason': route.reason,
-          });
+          if (recording) {
+            span.setAttributes({
+              'replikit.route.target': route.node === 'primary' ? 'primary' : 'replica',
+              'replikit.route.node': route.node,
+              'replikit.route.reason': route.reason,
+            });
+          }
           this.#observe(() =>
             this.#options.observer?.onRead?.({
               consistency: consistency.level,
@@ -431,11 +439,15 @@ export class Cluster {
     };
   }
 
-  /** Position queries each replica's monitor has sent; shows that waiters share one poll stream. */
+  /**
+   * Queries each monitor has sent (`primary` and each replica): shows that waiting reads share one
+   * poll stream per replica and one position check on the primary.
+   */
   monitorPolls(): Readonly<Record<string, number>> {
-    return Object.fromEntries(
-      this.#replicas.map((replica) => [replica.name, replica.monitor.polls]),
-    );
+    return Object.fromEntries([
+      ['primary', this.#primaryMonitor.polls],
+      ...this.#replicas.map((replica) => [replica.name, replica.monitor.polls] as const),
+    ]);
   }
 
   /** Encodes a token, a convenience for adapters. */
@@ -526,7 +538,8 @@ export class Cluster {
       usable.filter((replica) => (replica.monitor.sample?.replayLsn ?? -1n) >= required),
     );
     if (caughtUp !== undefined) {
-      span.setAttribute('replikit.replica.lsn', formatLsn(caughtUp.monitor.sample!.replayLsn!));
+      if (span.isRecording())
+        span.setAttribute('replikit.replica.lsn', formatLsn(caughtUp.monitor.sample!.replayLsn!));
       return { node: caughtUp.name, reason: 'caught_up' };
     }
 
@@ -605,7 +618,10 @@ export class Cluster {
   async #assertNotAhead(required: Lsn): Promise<void> {
     const cached = this.#primaryMonitor.sample;
     if (cached !== undefined && required <= cached.insertLsn) return;
-    const fresh = await this.#primaryMonitor.refresh();
+    // A refresh already in flight may have started before this token's write committed; only
+    // one started after this read arrived can prove the token forged.
+    let fresh = await this.#primaryMonitor.refresh();
+    if (required > fresh.insertLsn) fresh = await this.#primaryMonitor.refresh();
     if (required > fresh.insertLsn) {
       throw new RoutingError(
         'TOKEN_AHEAD',
@@ -624,19 +640,16 @@ export class Cluster {
     const replica =
       node === 'primary' ? undefined : this.#replicas.find((entry) => entry.name === node);
     const pool = replica?.pool ?? this.primary;
-    const query = async (): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined }> => {
-      if (!trackSeen)
-        return { result: await pool.query<R>(sql, params as unknown[]), seen: undefined };
-      return withClient(pool, async (client) => {
-        const result = await client.query<R>(sql, params as unknown[]);
-        // An upper bound of what the read's snapshot showed: asked after the read finished.
-        const position =
-          replica === undefined ? 'pg_current_wal_insert_lsn()' : 'pg_last_wal_replay_lsn()';
-        const { rows } = await client.query<{ lsn: string }>(`select ${position}::text as lsn`);
-        return { result, seen: parseLsn(rows[0]?.lsn ?? '') };
-      });
-    };
-    return replica === undefined ? query() : replica.monitor.breaker.execute(query);
+    if (!trackSeen)
+      return { result: await pool.query<R>(sql, params as unknown[]), seen: undefined };
+    return withClient(pool, async (client) => {
+      const result = await client.query<R>(sql, params as unknown[]);
+      // An upper bound of what the read's snapshot showed: asked after the read finished.
+      const position =
+        replica === undefined ? 'pg_current_wal_insert_lsn()' : 'pg_last_wal_replay_lsn()';
+      const { rows } = await client.query<{ lsn: string }>(`select ${position}::text as lsn`);
+      return { result, seen: parseLsn(rows[0]?.lsn ?? '') };
+    });
   }
 
   /** The token for everything committed on `client` so far; merged into the session's. */
@@ -644,7 +657,9 @@ export class Cluster {
     const { rows } = await client.query<{ lsn: string }>(
       'select pg_current_wal_insert_lsn()::text as lsn',
     );
-    const token = this.#tokenAt(parseLsn(rows[0]?.lsn ?? '') ?? 0n);
+    const position = parseLsn(rows[0]?.lsn ?? '') ?? 0n;
+    this.#primaryMonitor.observe(position);
+    const token = this.#tokenAt(position);
     recordToken(token);
     return token;
   }

@@ -289,6 +289,8 @@ export class ReplicaMonitor {
 /** Samples the primary: its WAL position (for lag), identity and timeline (for tokens). */
 export class PrimaryMonitor {
   #sample: PrimarySample | undefined;
+  #inflight: Promise<PrimarySample> | undefined;
+  #polls = 0;
   #lastError: string | undefined;
   readonly #connection: MonitorConnection;
   readonly #options: MonitorOptions;
@@ -320,8 +322,36 @@ export class PrimaryMonitor {
     this.#running = this.#loop();
   }
 
-  /** Samples now; used when a token claims a position beyond the cached one. */
-  async refresh(): Promise<PrimarySample> {
+  /** How many samples this monitor has taken. */
+  get polls(): number {
+    return this.#polls;
+  }
+
+  /**
+   * Samples now; used when a token claims a position beyond the cached one. Concurrent callers
+   * share one query in flight: a thousand reads with fresh tokens cost one round trip, not a
+   * thousand queued on this connection.
+   */
+  refresh(): Promise<PrimarySample> {
+    this.#inflight ??= this.#sampleNow().finally(() => {
+      this.#inflight = undefined;
+    });
+    return this.#inflight;
+  }
+
+  /**
+   * Records a position the primary is known to have reached (read after a commit on another
+   * connection), so tokens of this process never need a refresh and lag is measured from it too.
+   */
+  observe(insertLsn: Lsn): void {
+    const sample = this.#sample;
+    if (sample === undefined || insertLsn <= sample.insertLsn) return;
+    this.#sample = { ...sample, insertLsn, at: Date.now() };
+    this.#onSample(this.#sample);
+  }
+
+  async #sampleNow(): Promise<PrimarySample> {
+    this.#polls++;
     try {
       const row = await this.#connection.query<{
         in_recovery: boolean;
@@ -331,19 +361,23 @@ export class PrimaryMonitor {
         wal_block_size: number;
       }>(PRIMARY_SAMPLE);
       const insertLsn = row === undefined ? undefined : parseLsn(row.insert_lsn);
-      if (row === undefined || insertLsn === undefined)
+      if (row === undefined || insertLsn === undefined) {
         throw new Error('the primary sample returned no position');
+      }
+      const previous = this.#sample;
+      // A position observed after a commit may be newer than this sample: keep the newest.
       const sample: PrimarySample = {
         at: Date.now(),
         inRecovery: row.in_recovery,
-        insertLsn,
+        insertLsn:
+          previous === undefined || insertLsn >= previous.insertLsn
+            ? insertLsn
+            : previous.insertLsn,
         systemId: row.system_id,
         timeline: row.timeline,
         walBlockSize: row.wal_block_size,
       };
-      // Samples can finish out of order (a refresh beside the loop); keep the newest position.
-      if (this.#sample === undefined || sample.insertLsn >= this.#sample.insertLsn)
-        this.#sample = sample;
+      this.#sample = sample;
       this.#lastError = undefined;
       this.#onSample(sample);
       return sample;
