@@ -1,0 +1,22 @@
+/**
+ * The Express adapter (`replikit/express`): consistency sessions from request headers, problem
+ * details for errors, a metrics endpoint that never fails a scrape.
+ *
+ * @packageDocumentation
+ */
+export {
+  CONSISTENCY_HEADERS,
+  consistencyMiddleware,
+  type ConsistencyMiddlewareOptions,
+} from './consistency.js';
+export { createMetricsHandler } from './metrics-handler.js';
+export {
+  ERROR_STATUS,
+  notFoundHandler,
+  PROBLEM_CONTENT_TYPE,
+  problemDetailsMiddleware,
+  requireJsonBody,
+  toProblemDetails,
+  type ProblemDetails,
+} from './problem-details.js';
+export { parseInput } from './validation.js';

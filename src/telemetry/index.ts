@@ -1,0 +1,12 @@
+/**
+ * Prometheus metrics and OpenTelemetry set-up (`replikit/telemetry`).
+ *
+ * @packageDocumentation
+ */
+export { createMetricsRegistry, renderMetrics, type MetricsRegistry } from './metrics.js';
+export {
+  createRoutingMetrics,
+  type RoutingMetrics,
+  type RoutingMetricsOptions,
+} from './routing-metrics.js';
+export { shutdownTelemetry, startTelemetry } from './otel.js';
