@@ -135,6 +135,12 @@ export const configSchema = z
       .default('100kb'),
     /** Upper bound on a graceful shutdown, after which the process exits anyway. */
     REPLIKIT_SHUTDOWN_TIMEOUT_MS: wholeNumber(1, 3_600_000).default(10_000),
+    /** How long a read waits for a replica to replay the caller's token. */
+    REPLIKIT_READ_WAIT_TIMEOUT_MS: wholeNumber(0, 60_000).default(1_000),
+    /** After that wait: read from the primary, or answer 503 with the expected wait. */
+    REPLIKIT_READ_WAIT_FALLBACK: z.enum(['primary', 'error']).default('primary'),
+    /** Replicas lagging more than this leave eventual and bounded-staleness rotation. */
+    REPLIKIT_MAX_LAG_MS: wholeNumber(1, 86_400_000).default(30_000),
     OTEL_SERVICE_NAME: z.string().trim().min(1).default('replikit'),
     /** When set, traces are exported there over OTLP/HTTP (protobuf); when unset nothing is exported. */
     OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl.optional(),

@@ -154,6 +154,9 @@ class Service {
       replicas: Object.fromEntries(urls.replicas.map(({ name, url }) => [name, url])),
       logger: logger.child({ component: 'routing' }),
       observer: routingMetrics.observer,
+      waitTimeoutMs: config.REPLIKIT_READ_WAIT_TIMEOUT_MS,
+      onWaitTimeout: config.REPLIKIT_READ_WAIT_FALLBACK,
+      maxLagMs: config.REPLIKIT_MAX_LAG_MS,
     });
     routingMetrics.attach(cluster);
     this.#cleanups.push({ what: 'database cluster', run: () => cluster.close() });
