@@ -129,6 +129,50 @@ describe('replication lag (DESIGN.md §3)', () => {
 });
 
 describe('replica health', () => {
+  it('takes a lagging replica out of eventual rotation and back, with hysteresis', async () => {
+    const states: string[] = [];
+    const strict = createCluster({
+      primary: db.primaryUrl,
+      replicas: db.replicaUrls,
+      maxLagMs: 400,
+    });
+    const stateOf = (): string =>
+      strict.replicaStatus().find((replica) => replica.name === 'replica1')!.health.state;
+    try {
+      await strict.ready();
+      const { token: oldToken } = await strict.write('insert into ticks default values');
+      await stack.waitForReplicas();
+      await stack.setApplyDelay('replica1', 1000);
+      const writes = steadyWrites(3500);
+      await eventually(() => (stateOf() === 'lagging' ? true : undefined));
+      states.push(stateOf());
+      const eventual = new Set<string>();
+      const ryw = new Set<string>();
+      for (let i = 0; i < 40; i++) {
+        eventual.add(
+          (await strict.read('select 1', [], { consistency: { level: 'eventual' } })).servedBy,
+        );
+        // A token the lagging replica has long replayed: it may still serve read-your-writes.
+        ryw.add((await strict.read('select 1', [], { token: oldToken })).servedBy);
+      }
+      await writes;
+      expect([...eventual]).toEqual(['replica2']);
+      expect(ryw.has('replica1')).toBe(true);
+
+      await stack.clearApplyDelay('replica1');
+      await eventually(() => (stateOf() === 'healthy' ? true : undefined));
+      const after = new Set<string>();
+      for (let i = 0; i < 20; i++)
+        after.add(
+          (await strict.read('select 1', [], { consistency: { level: 'eventual' } })).servedBy,
+        );
+      expect(after.has('replica1')).toBe(true);
+      expect(states).toEqual(['lagging']);
+    } finally {
+      await strict.close();
+    }
+  });
+
   it('takes a server that is not in recovery (a promoted replica) out of rotation', async () => {
     const promoted = createCluster({
       primary: db.primaryUrl,

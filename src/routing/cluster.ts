@@ -192,7 +192,6 @@ export class Cluster {
   readonly #options: ClusterOptions;
   readonly #tracer: Tracer;
   readonly #ready: Promise<void>;
-  #nextReplica = 0;
   #started = false;
   #allOut = false;
   #closed = false;
@@ -691,10 +690,13 @@ export class Cluster {
     return this.#usable().filter((replica) => replica.health.state === 'healthy');
   }
 
+  /**
+   * A random candidate. Round-robin over a shared counter locks into patterns when callers with
+   * different candidate lists interleave (one list always landing on the same replica).
+   */
   #pick(candidates: readonly ReplicaEntry[]): ReplicaEntry | undefined {
-    if (candidates.length === 0) return undefined;
-    this.#nextReplica = (this.#nextReplica + 1) % candidates.length;
-    return candidates[this.#nextReplica];
+    if (candidates.length <= 1) return candidates[0];
+    return candidates[Math.floor(Math.random() * candidates.length)];
   }
 
   #noReplica(): Route {
