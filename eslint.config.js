@@ -24,7 +24,9 @@ export default tseslint.config(
     rules: {
       'no-restricted-imports': [
         'error',
-        { paths: [{ name: 'express', message: 'Only src/http and src/app may depend on Express.' }] },
+        {
+          paths: [{ name: 'express', message: 'Only src/http and src/app may depend on Express.' }],
+        },
       ],
     },
   },
