@@ -1,7 +1,7 @@
 import { isSpanContextValid, trace } from '@opentelemetry/api';
 import { Counter, Gauge, Histogram } from 'prom-client';
 
-import type { Cluster, RoutingObserver } from '../routing/index.js';
+import type { Cluster, ReplicaStatus, RoutingObserver } from '../routing/index.js';
 import type { MetricsRegistry } from './metrics.js';
 
 /** Where a failure to collect a metric is reported; the scrape itself goes on. */
@@ -68,43 +68,39 @@ export function createRoutingMetrics(
       }
     };
 
-  const lagSeconds: Gauge<'replica'> = new Gauge({
-    name: 'replikit_replica_lag_seconds',
-    help: 'Age of the oldest WAL the replica has not replayed: 0 when caught up, growing while it is cut off',
-    labelNames: ['replica'],
-    registers,
-    collect: guarded('replikit_replica_lag_seconds', (c) => {
-      lagSeconds.reset();
-      for (const replica of c.replicaStatus()) {
-        lagSeconds.set(
-          { replica: replica.name },
-          Number.isFinite(replica.lagSeconds) ? replica.lagSeconds : Number.MAX_VALUE,
-        );
-      }
-    }),
-  });
-  const lagBytes: Gauge<'replica'> = new Gauge({
-    name: 'replikit_replica_lag_bytes',
-    help: 'WAL bytes the primary has written beyond the replica replay position',
-    labelNames: ['replica'],
-    registers,
-    collect: guarded('replikit_replica_lag_bytes', (c) => {
-      lagBytes.reset();
-      for (const replica of c.replicaStatus())
-        lagBytes.set({ replica: replica.name }, replica.lagBytes);
-    }),
-  });
-  const up: Gauge<'replica'> = new Gauge({
-    name: 'replikit_replica_up',
-    help: '1 when the replica answered its latest sample, 0 otherwise',
-    labelNames: ['replica'],
-    registers,
-    collect: guarded('replikit_replica_up', (c) => {
-      up.reset();
-      for (const replica of c.replicaStatus())
-        up.set({ replica: replica.name }, replica.up ? 1 : 0);
-    }),
-  });
+  /** A gauge with one value per replica, read from the cluster's cached status when scraped. */
+  const perReplica = (
+    name: string,
+    help: string,
+    valueOf: (replica: ReplicaStatus) => number,
+  ): void => {
+    const gauge: Gauge<'replica'> = new Gauge({
+      name,
+      help,
+      labelNames: ['replica'],
+      registers,
+      collect: guarded(name, (c) => {
+        gauge.reset();
+        for (const replica of c.replicaStatus())
+          gauge.set({ replica: replica.name }, valueOf(replica));
+      }),
+    });
+  };
+  perReplica(
+    'replikit_replica_lag_seconds',
+    'Age of the oldest WAL the replica has not replayed: 0 when caught up, growing while it is cut off',
+    (replica) => (Number.isFinite(replica.lagSeconds) ? replica.lagSeconds : Number.MAX_VALUE),
+  );
+  perReplica(
+    'replikit_replica_lag_bytes',
+    'WAL bytes the primary has written beyond the replica replay position',
+    (replica) => replica.lagBytes,
+  );
+  perReplica(
+    'replikit_replica_up',
+    '1 when the replica answered its latest sample, 0 otherwise',
+    (replica) => (replica.up ? 1 : 0),
+  );
   const health: Gauge<'replica' | 'state'> = new Gauge({
     name: 'replikit_replica_health',
     help: '1 for the health state each replica is in (healthy, lagging, down, promoted, foreign, starting)',
