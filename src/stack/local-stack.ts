@@ -239,18 +239,26 @@ export class LocalStack {
     await writeState(dir, state);
 
     const started: string[] = [];
-    if (!stack.#pid(stack.primary)) {
-      await stack.startNode(PRIMARY);
-      started.push(PRIMARY);
+    try {
+      options.signal?.throwIfAborted();
+      if (!stack.#pid(stack.primary)) {
+        started.push(PRIMARY);
+        await stack.startNode(PRIMARY);
+      }
+      options.signal?.throwIfAborted();
+      await Promise.all(
+        stack.replicas.map(async (replica) => {
+          if (stack.#pid(replica)) return;
+          started.push(replica.name);
+          await stack.startNode(replica.name);
+        }),
+      );
+      await stack.#waitForStreaming(options.signal);
+    } catch (err) {
+      // Leave things as we found them: stop what this call started, keep what was running.
+      await Promise.allSettled(started.map((name) => stack.stopNode(name)));
+      throw err;
     }
-    await Promise.all(
-      stack.replicas.map(async (replica) => {
-        if (stack.#pid(replica)) return;
-        await stack.startNode(replica.name);
-        started.push(replica.name);
-      }),
-    );
-    await stack.#waitForStreaming(options.signal);
     log(started.length === 0 ? 'all nodes were already running' : `started ${started.join(', ')}`);
     return stack;
   }
