@@ -29,6 +29,9 @@ describe('loadConfig', () => {
       REPLIKIT_STACK_DIR: '.replikit',
       REPLIKIT_BODY_LIMIT: '100kb',
       REPLIKIT_SHUTDOWN_TIMEOUT_MS: 10_000,
+      REPLIKIT_READ_WAIT_TIMEOUT_MS: 1_000,
+      REPLIKIT_READ_WAIT_FALLBACK: 'primary',
+      REPLIKIT_MAX_LAG_MS: 30_000,
       OTEL_SERVICE_NAME: 'replikit',
     });
   });
@@ -69,6 +72,10 @@ describe('loadConfig', () => {
     ['REPLIKIT_STACK_PORT', '0'],
     ['REPLIKIT_BODY_LIMIT', 'lots'],
     ['REPLIKIT_SHUTDOWN_TIMEOUT_MS', '0'],
+    ['REPLIKIT_READ_WAIT_TIMEOUT_MS', '-5'],
+    ['REPLIKIT_READ_WAIT_TIMEOUT_MS', '90000'],
+    ['REPLIKIT_READ_WAIT_FALLBACK', 'replica'],
+    ['REPLIKIT_MAX_LAG_MS', 'soon'],
     ['OTEL_EXPORTER_OTLP_ENDPOINT', 'grpc://collector:4317'],
     ['OTEL_EXPORTER_OTLP_ENDPOINT', 'not a url'],
   ])('rejects %s=%j with one line naming the variable', (variable, value) => {

@@ -131,7 +131,7 @@ describe('with existing servers', () => {
       const { rows } = await admin.query<{ id: string }>('select id from replikit_migrations');
       expect(rows.map((row) => row.id)).toEqual(['0001-users']);
       const busy = await admin.query<{ n: number }>(
-        "select count(*)::int as n from pg_stat_activity where application_name = 'replikit' and datname = $1",
+        "select count(*)::int as n from pg_stat_activity where application_name like 'replikit%' and datname = $1",
         [db.name],
       );
       expect(busy.rows[0]?.n).toBeGreaterThan(0);
@@ -143,7 +143,7 @@ describe('with existing servers', () => {
       expect(child.output()).toMatch(/"msg":"shutting down"/);
 
       const left = await admin.query<{ n: number }>(
-        "select count(*)::int as n from pg_stat_activity where application_name = 'replikit' and datname = $1",
+        "select count(*)::int as n from pg_stat_activity where application_name like 'replikit%' and datname = $1",
         [db.name],
       );
       expect(left.rows[0]?.n).toBe(0);
