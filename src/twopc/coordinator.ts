@@ -1,0 +1,711 @@
+import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
+import { ExponentialBackoff, handleWhen, retry } from 'cockatiel';
+import pg from 'pg';
+
+import { formatGid, GID_PREFIX, isGidName, newTransactionId, parseGid } from './gid.js';
+import { TwoPhaseError } from './twopc-error.js';
+
+/** A database to connect to: a connection string, or a `pg` pool configuration. */
+export type DatabaseConnection = string | pg.PoolConfig;
+
+/** The phases of a distributed transaction, as metrics and spans name them. */
+export type TwoPhasePhase = 'work' | 'prepare' | 'decide' | 'commit';
+
+/** How a distributed transaction ended. */
+export type TwoPhaseOutcome = 'committed' | 'aborted' | 'prepare_timeout';
+
+/** A finished distributed transaction, for metrics. */
+export interface TransactionEvent {
+  readonly outcome: TwoPhaseOutcome;
+  readonly attempts: number;
+  /** Milliseconds spent in each phase that ran. */
+  readonly phases: Partial<Record<TwoPhasePhase, number>>;
+}
+
+/** What one recovery pass found and did. */
+export interface RecoveryReport {
+  /** Prepared transactions committed because a decision record says so. */
+  readonly committed: number;
+  /** Prepared transactions rolled back because no decision was ever recorded. */
+  readonly rolledBack: number;
+  /** Prepared transactions skipped because their coordinator still runs them. */
+  readonly inProgress: number;
+  /** Prepared transactions that could not be resolved in this pass (a participant failed). */
+  readonly unresolved: number;
+  /** Participants that could not be reached. */
+  readonly unreachable: readonly string[];
+  /** Age in seconds of the oldest prepared transaction (any, not only replikit's) per participant. */
+  readonly oldestPreparedAgeSeconds: Readonly<Record<string, number>>;
+}
+
+/** Hooks through which the coordinator reports what it does (`src/telemetry` makes metrics of them). */
+export interface TwoPhaseObserver {
+  onTransaction?(event: TransactionEvent): void;
+  onRecovery?(report: RecoveryReport): void;
+}
+
+/** Options for {@link createCoordinator}. */
+export interface CoordinatorOptions {
+  /** Names this coordinator in global ids: lower-case letters, digits, `_`, `-`. */
+  readonly name: string;
+  /** The coordinator's own database, where decisions are recorded. */
+  readonly coordinator: DatabaseConnection;
+  /** Participant databases by name (same naming rule as `name`). At least two. */
+  readonly participants: Readonly<Record<string, DatabaseConnection>>;
+  /** Bound on the prepare phase. Default 5000 ms. */
+  readonly prepareTimeoutMs?: number;
+  /**
+   * `lock_timeout` of participant sessions. PostgreSQL detects deadlocks within one server, not
+   * across two: this breaks a distributed deadlock, and the transaction is retried. Default 2000 ms.
+   */
+  readonly lockTimeoutMs?: number;
+  /** Attempts for a transaction that hits a deadlock, lock timeout or serialization failure. Default 5. */
+  readonly maxAttempts?: number;
+  /** Interval of the background recovery pass; 0 turns it off. Default 5000 ms. */
+  readonly recoveryIntervalMs?: number;
+  /** Connections per database. Default 10. */
+  readonly poolSize?: number;
+  readonly observer?: TwoPhaseObserver;
+  readonly tracer?: Tracer;
+  readonly logger?: {
+    warn(fields: Record<string, unknown>, message: string): void;
+    info?(fields: Record<string, unknown>, message: string): void;
+  };
+}
+
+/** The handle the work function gets: queries on a participant, inside its local transaction. */
+export interface DistributedTransaction {
+  /** The distributed transaction id (also inside every participant's global id). */
+  readonly id: string;
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    participant: string,
+    sql: string,
+    params?: readonly unknown[],
+  ): Promise<pg.QueryResult<R>>;
+}
+
+/** What {@link Coordinator.run} returns once the decision to commit is recorded. */
+export interface RunResult<T> {
+  readonly result: T;
+  readonly transaction: string;
+  readonly attempts: number;
+  /** Participants whose COMMIT PREPARED has not succeeded yet; recovery finishes them. */
+  readonly pending: readonly string[];
+}
+
+const DECISIONS_TABLE = 'replikit_2pc_decisions';
+
+const SCHEMA = `
+  create table if not exists ${DECISIONS_TABLE} (
+    transaction text primary key,
+    coordinator text not null,
+    participants text[] not null,
+    decided_at timestamptz not null default now()
+  )`;
+
+/** SQLSTATEs after which the whole transaction may succeed if run again. */
+const RETRYABLE = new Set(['40P01', '40001', '55P03']);
+const UNDEFINED_OBJECT = '42704';
+
+function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+function isRetryable(err: unknown): boolean {
+  const cause = err instanceof TwoPhaseError ? err.cause : err;
+  const code = sqlState(cause);
+  return code !== undefined && RETRYABLE.has(code);
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** A string literal for PREPARE/COMMIT PREPARED, which take no parameters. Global ids are checked by pattern. */
+function literal(gid: string): string {
+  return `'${gid.replaceAll("'", "''")}'`;
+}
+
+function poolFor(
+  connection: DatabaseConnection,
+  max: number,
+  name: string,
+  onIdleError: (err: Error) => void,
+): pg.Pool {
+  const base = typeof connection === 'string' ? { connectionString: connection } : connection;
+  const pool = new pg.Pool({
+    max,
+    connectionTimeoutMillis: 5000,
+    application_name: `replikit-2pc-${name}`,
+    ...base,
+  });
+  pool.on('error', onIdleError);
+  return pool;
+}
+
+/** A checked-out client whose error event cannot crash the process (the query rejects anyway). */
+async function checkout(
+  pool: pg.Pool,
+): Promise<{ client: pg.PoolClient; release: (broken?: boolean) => void }> {
+  const client = await pool.connect();
+  const ignore = (): void => undefined;
+  client.on('error', ignore);
+  let released = false;
+  return {
+    client,
+    release: (broken = false) => {
+      if (released) return;
+      released = true;
+      client.off('error', ignore);
+      client.release(broken);
+    },
+  };
+}
+
+/**
+ * Creates a two-phase commit coordinator (DESIGN.md §6) over participant databases.
+ *
+ * ```ts
+ * const coordinator = createCoordinator({
+ *   name: 'transfers',
+ *   coordinator: 'postgres://app@db/coordinator',
+ *   participants: { ledger_a: 'postgres://app@db/ledger_a', ledger_b: 'postgres://app@db/ledger_b' },
+ * });
+ * await coordinator.start();
+ * await coordinator.run(async (tx) => {
+ *   await tx.query('ledger_a', 'update accounts set balance = balance - $1 where id = $2', [10, 'alice']);
+ *   await tx.query('ledger_b', 'update accounts set balance = balance + $1 where id = $2', [10, 'bob']);
+ * });
+ * ```
+ *
+ * The commit point is the decision row written in the coordinator's own database. While a
+ * transaction runs, its coordinator holds a session advisory lock named after it; recovery
+ * resolves only prepared transactions whose lock it can take, so it is safe in any number of
+ * processes at once, and a coordinator that died (its session gone) is recovered by the others.
+ */
+export function createCoordinator(options: CoordinatorOptions): Coordinator {
+  return new Coordinator(options);
+}
+
+/** See {@link createCoordinator}. */
+export class Coordinator {
+  readonly name: string;
+  readonly #options: CoordinatorOptions;
+  readonly #coordinator: pg.Pool;
+  readonly #participants: ReadonlyMap<string, pg.Pool>;
+  readonly #tracer: Tracer;
+  #timer: NodeJS.Timeout | undefined;
+  #recovering: Promise<RecoveryReport> | undefined;
+  #lastRecovery: RecoveryReport | undefined;
+  #closed = false;
+
+  constructor(options: CoordinatorOptions) {
+    if (!isGidName(options.name)) {
+      throw new RangeError(
+        `coordinator name "${options.name}" must be 1-40 lower-case letters, digits, _ or -`,
+      );
+    }
+    const names = Object.keys(options.participants);
+    if (names.length < 2) throw new RangeError('two-phase commit needs at least two participants');
+    for (const name of names) {
+      if (!isGidName(name))
+        throw new RangeError(
+          `participant name "${name}" must be 1-40 lower-case letters, digits, _ or -`,
+        );
+    }
+    this.name = options.name;
+    this.#options = options;
+    this.#tracer = options.tracer ?? trace.getTracer('replikit');
+    const size = options.poolSize ?? 10;
+    const onIdleError = (node: string) => (err: Error) =>
+      options.logger?.warn({ node, err: err.message }, 'idle connection lost');
+    this.#coordinator = poolFor(
+      options.coordinator,
+      size,
+      'coordinator',
+      onIdleError('coordinator'),
+    );
+    this.#participants = new Map(
+      Object.entries(options.participants).map(([name, connection]) => [
+        name,
+        poolFor(connection, size, name, onIdleError(name)),
+      ]),
+    );
+  }
+
+  /** Participant names. */
+  get participants(): readonly string[] {
+    return [...this.#participants.keys()];
+  }
+
+  /** The latest recovery pass's report, for metrics. */
+  get lastRecovery(): RecoveryReport | undefined {
+    return this.#lastRecovery;
+  }
+
+  /**
+   * Checks every participant can prepare transactions, creates the decision table, resolves what
+   * earlier runs left prepared, and starts periodic recovery.
+   *
+   * @throws TwoPhaseError `TWOPC_NOT_ENABLED` naming a participant with `max_prepared_transactions = 0`.
+   */
+  async start(): Promise<void> {
+    for (const [name, pool] of this.#participants) {
+      const { rows } = await pool.query<{ n: number }>(
+        "select current_setting('max_prepared_transactions')::int as n",
+      );
+      if ((rows[0]?.n ?? 0) === 0) {
+        throw new TwoPhaseError(
+          'TWOPC_NOT_ENABLED',
+          `participant ${name} has max_prepared_transactions = 0, so it cannot take part in two-phase commit; set it above 0 (for example 64) and restart that server`,
+          { details: { participant: name } },
+        );
+      }
+    }
+    await this.#coordinator.query(SCHEMA);
+    await this.recover();
+    const interval = this.#options.recoveryIntervalMs ?? 5000;
+    if (interval > 0) {
+      this.#timer = setInterval(() => {
+        this.recover().catch((err: unknown) =>
+          this.#options.logger?.warn({ err: message(err) }, 'two-phase recovery pass failed'),
+        );
+      }, interval);
+      this.#timer.unref();
+    }
+  }
+
+  /**
+   * Runs `work` as one atomic transaction across the participants it touches: each does its part
+   * in a local transaction, all prepare, the decision is recorded, all commit. Any failure before
+   * the decision rolls everything back; after it, the transaction is committed, and a participant
+   * that cannot be reached is committed later by recovery. Deadlocks, lock timeouts and
+   * serialization failures retry the whole transaction.
+   *
+   * @throws TwoPhaseError `TWOPC_ABORTED` or `TWOPC_PREPARE_TIMEOUT` (everything rolled back), with the cause.
+   */
+  async run<T>(work: (tx: DistributedTransaction) => Promise<T>): Promise<RunResult<T>> {
+    if (this.#closed) throw new TwoPhaseError('TWOPC_CLOSED', 'the coordinator has been closed');
+    let attempts = 0;
+    const policy = retry(handleWhen(isRetryable), {
+      maxAttempts: (this.#options.maxAttempts ?? 5) - 1,
+      backoff: new ExponentialBackoff({ initialDelay: 10, maxDelay: 500 }),
+    });
+    const phases: Partial<Record<TwoPhasePhase, number>> = {};
+    return this.#tracer.startActiveSpan('replikit.2pc', async (span) => {
+      try {
+        const outcome = await policy.execute(() => {
+          attempts++;
+          return this.#attempt(work, phases, span);
+        });
+        this.#report({ outcome: 'committed', attempts, phases });
+        span.setAttributes({
+          'replikit.2pc.outcome': 'committed',
+          'replikit.2pc.attempts': attempts,
+        });
+        return { ...outcome, attempts };
+      } catch (err) {
+        const outcome: TwoPhaseOutcome =
+          err instanceof TwoPhaseError && err.code === 'TWOPC_PREPARE_TIMEOUT'
+            ? 'prepare_timeout'
+            : 'aborted';
+        this.#report({ outcome, attempts, phases });
+        span.setAttributes({ 'replikit.2pc.outcome': outcome, 'replikit.2pc.attempts': attempts });
+        span.recordException(err as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: message(err) });
+        throw err;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  async #attempt<T>(
+    work: (tx: DistributedTransaction) => Promise<T>,
+    phases: Partial<Record<TwoPhasePhase, number>>,
+    span: Span,
+  ): Promise<Omit<RunResult<T>, 'attempts'>> {
+    const transaction = newTransactionId();
+    span.setAttribute('replikit.2pc.transaction', transaction);
+    const lock = await checkout(this.#coordinator);
+    const opened = new Map<
+      string,
+      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+    >();
+    let decided = false;
+    let lockBroken = false;
+    const timed = async <R>(phase: TwoPhasePhase, fn: () => Promise<R>): Promise<R> => {
+      const started = performance.now();
+      try {
+        return await fn();
+      } finally {
+        phases[phase] = (phases[phase] ?? 0) + (performance.now() - started);
+      }
+    };
+    try {
+      // The in-progress marker for recovery: held for as long as this transaction may still decide.
+      await lock.client.query('select pg_advisory_lock(hashtextextended($1, 0))', [transaction]);
+
+      const tx: DistributedTransaction = {
+        id: transaction,
+        query: async <R extends pg.QueryResultRow>(
+          participant: string,
+          sql: string,
+          params: readonly unknown[] = [],
+        ) => {
+          let entry = opened.get(participant);
+          if (entry === undefined) {
+            const pool = this.#participants.get(participant);
+            if (pool === undefined) {
+              throw new TwoPhaseError(
+                'TWOPC_UNKNOWN_PARTICIPANT',
+                `no participant named ${participant}; there are ${this.participants.join(', ')}`,
+              );
+            }
+            const checked = await checkout(pool);
+            entry = { ...checked, prepared: false };
+            opened.set(participant, entry);
+            await entry.client.query('begin');
+            await entry.client.query(
+              `set local lock_timeout = ${Math.max(1, Math.floor(this.#options.lockTimeoutMs ?? 2000))}`,
+            );
+          }
+          return entry.client.query<R>(sql, params as unknown[]);
+        },
+      };
+      const result = await timed('work', () => work(tx));
+
+      await timed('prepare', () => this.#prepareAll(transaction, opened));
+
+      // The commit point: once this row is committed, the transaction commits, whatever happens.
+      await timed('decide', async () => {
+        try {
+          await lock.client.query(
+            `insert into ${DECISIONS_TABLE} (transaction, coordinator, participants) values ($1, $2, $3)`,
+            [transaction, this.name, [...opened.keys()]],
+          );
+        } catch (err) {
+          lockBroken = true;
+          throw err;
+        }
+        decided = true;
+      });
+
+      const pending = await timed('commit', () => this.#commitAll(transaction, opened));
+      if (pending.length === 0) {
+        await lock.client
+          .query(`delete from ${DECISIONS_TABLE} where transaction = $1`, [transaction])
+          .catch(() => undefined);
+      }
+      return { result, transaction, pending };
+    } catch (err) {
+      if (decided) throw err;
+      if (lockBroken) {
+        // The decision may or may not have been committed. Rolling back now could contradict it:
+        // leave every prepared participant to recovery, which reads the decision table.
+        void this.recover().catch(() => undefined);
+        throw new TwoPhaseError(
+          'TWOPC_IN_DOUBT',
+          `recording the decision failed (${message(err)}); recovery will commit or roll back every participant`,
+          { cause: err, details: { transaction, participants: [...opened.keys()] } },
+        );
+      }
+      await this.#rollbackAll(transaction, opened);
+      if (err instanceof TwoPhaseError) throw err;
+      throw new TwoPhaseError(
+        'TWOPC_ABORTED',
+        `the distributed transaction was rolled back: ${message(err)}`,
+        {
+          cause: err,
+          details: { transaction, participants: [...opened.keys()] },
+        },
+      );
+    } finally {
+      for (const entry of opened.values()) entry.release();
+      if (!lockBroken) {
+        await lock.client
+          .query('select pg_advisory_unlock(hashtextextended($1, 0))', [transaction])
+          .catch(() => {
+            lockBroken = true;
+          });
+      }
+      lock.release(lockBroken);
+    }
+  }
+
+  async #prepareAll(
+    transaction: string,
+    opened: Map<
+      string,
+      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+    >,
+  ): Promise<void> {
+    const timeoutMs = this.#options.prepareTimeoutMs ?? 5000;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new TwoPhaseError(
+              'TWOPC_PREPARE_TIMEOUT',
+              `the prepare phase took longer than ${timeoutMs} ms; everything was rolled back`,
+              { details: { transaction } },
+            ),
+          ),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([
+        Promise.all(
+          [...opened].map(([participant, entry]) =>
+            this.#tracer.startActiveSpan(
+              'replikit.2pc.prepare',
+              { attributes: { 'replikit.2pc.participant': participant } },
+              async (span) => {
+                try {
+                  await entry.client.query(
+                    `prepare transaction ${literal(formatGid({ coordinator: this.name, transaction, participant }))}`,
+                  );
+                  entry.prepared = true;
+                } catch (err) {
+                  span.recordException(err as Error);
+                  span.setStatus({ code: SpanStatusCode.ERROR, message: message(err) });
+                  throw err;
+                } finally {
+                  span.end();
+                }
+              },
+            ),
+          ),
+        ),
+        timeout,
+      ]);
+    } catch (err) {
+      // A participant still busy preparing cannot take a ROLLBACK: drop its connection, which
+      // rolls back an unprepared transaction; one that prepared anyway is left to recovery,
+      // which rolls it back since no decision will be recorded.
+      for (const entry of opened.values()) if (!entry.prepared) entry.release(true);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** COMMIT PREPARED everywhere, a few tries each; returns the participants still pending. */
+  async #commitAll(
+    transaction: string,
+    opened: Map<
+      string,
+      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+    >,
+  ): Promise<string[]> {
+    const pending: string[] = [];
+    await Promise.all(
+      [...opened.keys()].map((participant) =>
+        this.#tracer.startActiveSpan(
+          'replikit.2pc.commit',
+          { attributes: { 'replikit.2pc.participant': participant } },
+          async (span) => {
+            const gid = formatGid({ coordinator: this.name, transaction, participant });
+            try {
+              await retry(
+                handleWhen((err) => sqlState(err) !== UNDEFINED_OBJECT),
+                {
+                  maxAttempts: 3,
+                  backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }),
+                },
+              ).execute(() =>
+                this.#participants.get(participant)!.query(`commit prepared ${literal(gid)}`),
+              );
+            } catch (err) {
+              if (sqlState(err) !== UNDEFINED_OBJECT) {
+                pending.push(participant);
+                span.recordException(err as Error);
+                this.#options.logger?.warn(
+                  { transaction, participant, err: message(err) },
+                  'COMMIT PREPARED failed after the decision; recovery will commit it',
+                );
+              }
+            } finally {
+              span.end();
+            }
+          },
+        ),
+      ),
+    );
+    return pending;
+  }
+
+  async #rollbackAll(
+    transaction: string,
+    opened: Map<
+      string,
+      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+    >,
+  ): Promise<void> {
+    await Promise.all(
+      [...opened].map(async ([participant, entry]) => {
+        try {
+          if (entry.prepared) {
+            const gid = formatGid({ coordinator: this.name, transaction, participant });
+            await this.#participants.get(participant)!.query(`rollback prepared ${literal(gid)}`);
+          } else {
+            await entry.client.query('rollback');
+          }
+        } catch (err) {
+          if (sqlState(err) === UNDEFINED_OBJECT) return;
+          // The connection is gone or busy: discard it. Recovery rolls back anything prepared.
+          entry.release(true);
+          this.#options.logger?.warn(
+            { transaction, participant, err: message(err) },
+            'rollback failed; recovery will finish it',
+          );
+        }
+      }),
+    );
+  }
+
+  /**
+   * One recovery pass: every prepared replikit transaction on every participant whose coordinator
+   * no longer runs it is committed if a decision was recorded, rolled back otherwise. Concurrent
+   * calls in this process share one pass.
+   */
+  recover(): Promise<RecoveryReport> {
+    this.#recovering ??= this.#recover().finally(() => {
+      this.#recovering = undefined;
+    });
+    return this.#recovering;
+  }
+
+  async #recover(): Promise<RecoveryReport> {
+    let committed = 0;
+    let rolledBack = 0;
+    let inProgress = 0;
+    let unresolved = 0;
+    const unreachable: string[] = [];
+    const oldest: Record<string, number> = {};
+    for (const [participant, pool] of this.#participants) {
+      let rows: { gid: string; age: number }[];
+      try {
+        ({ rows } = await pool.query<{ gid: string; age: number }>(
+          `select gid, extract(epoch from now() - prepared)::float8 as age from pg_prepared_xacts where database = current_database()`,
+        ));
+      } catch (err) {
+        unreachable.push(participant);
+        this.#options.logger?.warn(
+          { participant, err: message(err) },
+          'recovery could not reach a participant',
+        );
+        continue;
+      }
+      oldest[participant] = rows.reduce((max, row) => Math.max(max, row.age), 0);
+      for (const row of rows) {
+        const id = row.gid.startsWith(`${GID_PREFIX}:`) ? parseGid(row.gid) : undefined;
+        if (id === undefined || id.participant !== participant) continue;
+        const outcome = await this.#resolve(pool, row.gid, id.transaction).catch((err: unknown) => {
+          this.#options.logger?.warn(
+            { gid: row.gid, err: message(err) },
+            'recovery could not resolve a prepared transaction',
+          );
+          return 'unresolved' as const;
+        });
+        if (outcome === 'committed') committed++;
+        else if (outcome === 'rolled_back') rolledBack++;
+        else if (outcome === 'in_progress') inProgress++;
+        else if (outcome === 'unresolved') unresolved++;
+      }
+    }
+    if (unreachable.length === 0) {
+      // Decisions whose every participant has committed are no longer needed; keep a minute of
+      // grace for a coordinator that is just now committing.
+      await this.#coordinator
+        .query(`delete from ${DECISIONS_TABLE} where decided_at < now() - interval '1 minute'`)
+        .catch((err: unknown) =>
+          this.#options.logger?.warn({ err: message(err) }, 'could not prune decisions'),
+        );
+    }
+    const report: RecoveryReport = {
+      committed,
+      rolledBack,
+      inProgress,
+      unresolved,
+      unreachable,
+      oldestPreparedAgeSeconds: oldest,
+    };
+    this.#lastRecovery = report;
+    if (committed + rolledBack > 0)
+      this.#options.logger?.info?.(
+        { ...report },
+        'two-phase recovery resolved prepared transactions',
+      );
+    try {
+      this.#options.observer?.onRecovery?.(report);
+    } catch (err) {
+      this.#options.logger?.warn({ err: message(err) }, 'two-phase observer failed');
+    }
+    return report;
+  }
+
+  async #resolve(
+    participant: pg.Pool,
+    gid: string,
+    transaction: string,
+  ): Promise<'committed' | 'rolled_back' | 'in_progress' | 'gone'> {
+    const { client, release } = await checkout(this.#coordinator);
+    let broken = false;
+    try {
+      await client.query('begin');
+      const { rows } = await client.query<{ free: boolean }>(
+        'select pg_try_advisory_xact_lock(hashtextextended($1, 0)) as free',
+        [transaction],
+      );
+      if (rows[0]?.free !== true) {
+        await client.query('rollback');
+        return 'in_progress';
+      }
+      // Holding the lock, nobody can be writing this transaction's decision: what we read stands.
+      const decision = await client.query(
+        `select 1 from ${DECISIONS_TABLE} where transaction = $1`,
+        [transaction],
+      );
+      const commit = (decision.rowCount ?? 0) > 0;
+      try {
+        await participant.query(`${commit ? 'commit' : 'rollback'} prepared ${literal(gid)}`);
+      } catch (err) {
+        if (sqlState(err) !== UNDEFINED_OBJECT) throw err;
+        await client.query('rollback');
+        return 'gone';
+      }
+      await client.query('commit');
+      return commit ? 'committed' : 'rolled_back';
+    } catch (err) {
+      broken = true;
+      throw err;
+    } finally {
+      if (broken) await client.query('rollback').catch(() => undefined);
+      release(false);
+    }
+  }
+
+  #report(event: TransactionEvent): void {
+    try {
+      this.#options.observer?.onTransaction?.(event);
+    } catch (err) {
+      this.#options.logger?.warn({ err: message(err) }, 'two-phase observer failed');
+    }
+  }
+
+  /** Stops periodic recovery and closes every pool. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#timer);
+    await this.#recovering?.catch(() => undefined);
+    await Promise.all([
+      this.#coordinator.end(),
+      ...[...this.#participants.values()].map((pool) => pool.end()),
+    ]);
+  }
+}

@@ -1,0 +1,38 @@
+import { randomBytes } from 'node:crypto';
+
+/** Every global transaction id replikit prepares starts with this. */
+export const GID_PREFIX = 'rk2pc';
+
+const NAME = /^[a-z0-9_-]{1,40}$/;
+const GID = /^rk2pc:([a-z0-9_-]{1,40}):([0-9a-f]{32}):([a-z0-9_-]{1,40})$/;
+
+/** The parts of a prepared transaction's global id. */
+export interface GlobalId {
+  /** The coordinator that prepared it. */
+  readonly coordinator: string;
+  /** The distributed transaction it belongs to (one per `run`, shared by all participants). */
+  readonly transaction: string;
+  readonly participant: string;
+}
+
+/** Whether `name` may appear in a global id: lower-case letters, digits, `_` and `-`, at most 40. */
+export function isGidName(name: string): boolean {
+  return NAME.test(name);
+}
+
+/** A fresh distributed transaction id: 128 random bits in hex. */
+export function newTransactionId(): string {
+  return randomBytes(16).toString('hex');
+}
+
+/** `rk2pc:<coordinator>:<transaction>:<participant>`, well under PostgreSQL's 200-byte limit. */
+export function formatGid(id: GlobalId): string {
+  return `${GID_PREFIX}:${id.coordinator}:${id.transaction}:${id.participant}`;
+}
+
+/** The parts of a replikit global id, or `undefined` for any other prepared transaction. */
+export function parseGid(gid: string): GlobalId | undefined {
+  const match = GID.exec(gid);
+  if (match === null) return undefined;
+  return { coordinator: match[1]!, transaction: match[2]!, participant: match[3]! };
+}

@@ -1,0 +1,15 @@
+export {
+  Coordinator,
+  createCoordinator,
+  type CoordinatorOptions,
+  type DatabaseConnection,
+  type DistributedTransaction,
+  type RecoveryReport,
+  type RunResult,
+  type TransactionEvent,
+  type TwoPhaseObserver,
+  type TwoPhaseOutcome,
+  type TwoPhasePhase,
+} from './coordinator.js';
+export { formatGid, parseGid, type GlobalId } from './gid.js';
+export { TwoPhaseError, type TwoPhaseErrorCode } from './twopc-error.js';
