@@ -66,6 +66,14 @@ export interface CoordinatorOptions {
   /** Connections per database. Default 10. */
   readonly poolSize?: number;
   readonly observer?: TwoPhaseObserver;
+  /**
+   * Fault injection for tests and demos, off unless given: called between the phases, where a
+   * crash matters most (a hook may kill the process, stall, or cut a participant off).
+   */
+  readonly faults?: {
+    readonly afterPrepare?: (transaction: string) => Promise<void> | void;
+    readonly afterDecision?: (transaction: string) => Promise<void> | void;
+  };
   readonly tracer?: Tracer;
   readonly logger?: {
     warn(fields: Record<string, unknown>, message: string): void;
@@ -377,6 +385,7 @@ export class Coordinator {
       const result = await timed('work', () => work(tx));
 
       await timed('prepare', () => this.#prepareAll(transaction, opened));
+      await this.#options.faults?.afterPrepare?.(transaction);
 
       // The commit point: once this row is committed, the transaction commits, whatever happens.
       await timed('decide', async () => {
@@ -392,6 +401,7 @@ export class Coordinator {
         decided = true;
       });
 
+      await this.#options.faults?.afterDecision?.(transaction);
       const pending = await timed('commit', () => this.#commitAll(transaction, opened));
       if (pending.length === 0) {
         await lock.client
