@@ -7,6 +7,7 @@ import {
   TwoPhaseError,
   type Coordinator,
 } from '../src/twopc/index.js';
+import { newTransactionId } from '../src/twopc/gid.js';
 import type { LocalStack } from '../src/stack/index.js';
 import { LEDGER_SCHEMA, OPEN_ACCOUNTS, transfer } from './support/ledger.js';
 import { createTestDatabase, testStack, type TestDatabase } from './support/stack.js';
@@ -185,7 +186,8 @@ describe('two-phase commit', () => {
     const a = new pg.Client({ connectionString: ledgerA.primaryUrl });
     await a.connect();
     try {
-      const ids = ['1'.repeat(32), '2'.repeat(32), '3'.repeat(32)];
+      // Global ids are unique per server, not per database: fresh ones every run.
+      const ids = [newTransactionId(), newTransactionId(), newTransactionId()];
       for (const [i, transaction] of ids.entries()) {
         await a.query('begin');
         await a.query(`update accounts set balance = balance + 1 where id = 'acct${10 + i}'`);

@@ -271,7 +271,21 @@ export class Coordinator {
         );
       }
     }
-    await this.#coordinator.query(SCHEMA);
+    // Coordinators starting together would race on CREATE TABLE IF NOT EXISTS: serialise them.
+    const { client, release } = await checkout(this.#coordinator);
+    try {
+      await client.query('begin');
+      await client.query(
+        "select pg_advisory_xact_lock(hashtextextended('replikit_2pc_schema', 0))",
+      );
+      await client.query(SCHEMA);
+      await client.query('commit');
+    } catch (err) {
+      await client.query('rollback').catch(() => undefined);
+      throw err;
+    } finally {
+      release();
+    }
     await this.recover();
     const interval = this.#options.recoveryIntervalMs ?? 5000;
     if (interval > 0) {
@@ -466,37 +480,42 @@ export class Coordinator {
         timeoutMs,
       );
     });
-    try {
-      await Promise.race([
-        Promise.all(
-          [...opened].map(([participant, entry]) =>
-            this.#tracer.startActiveSpan(
-              'replikit.2pc.prepare',
-              { attributes: { 'replikit.2pc.participant': participant } },
-              async (span) => {
-                try {
-                  await entry.client.query(
-                    `prepare transaction ${literal(formatGid({ coordinator: this.name, transaction, participant }))}`,
-                  );
-                  entry.prepared = true;
-                } catch (err) {
-                  span.recordException(err as Error);
-                  span.setStatus({ code: SpanStatusCode.ERROR, message: message(err) });
-                  throw err;
-                } finally {
-                  span.end();
-                }
-              },
-            ),
-          ),
+    // Wait for every participant's answer (not just the first failure), so that a participant that
+    // prepared while another refused is known and rolled back now rather than left to recovery.
+    const answers = Promise.allSettled(
+      [...opened].map(([participant, entry]) =>
+        this.#tracer.startActiveSpan(
+          'replikit.2pc.prepare',
+          { attributes: { 'replikit.2pc.participant': participant } },
+          async (span) => {
+            try {
+              await entry.client.query(
+                `prepare transaction ${literal(formatGid({ coordinator: this.name, transaction, participant }))}`,
+              );
+              entry.prepared = true;
+            } catch (err) {
+              span.recordException(err as Error);
+              span.setStatus({ code: SpanStatusCode.ERROR, message: message(err) });
+              throw err;
+            } finally {
+              span.end();
+            }
+          },
         ),
-        timeout,
-      ]);
+      ),
+    );
+    try {
+      const settled = await Promise.race([answers, timeout]);
+      const refused = settled.find((answer) => answer.status === 'rejected');
+      if (refused !== undefined) throw refused.reason;
     } catch (err) {
-      // A participant still busy preparing cannot take a ROLLBACK: drop its connection, which
-      // rolls back an unprepared transaction; one that prepared anyway is left to recovery,
-      // which rolls it back since no decision will be recorded.
-      for (const entry of opened.values()) if (!entry.prepared) entry.release(true);
+      if (err instanceof TwoPhaseError && err.code === 'TWOPC_PREPARE_TIMEOUT') {
+        // A participant still busy preparing cannot take a ROLLBACK: drop its connection, which
+        // rolls back an unprepared transaction. One that prepares anyway is rolled back by
+        // recovery, since no decision will be recorded; ask for a pass once our lock is gone.
+        for (const entry of opened.values()) if (!entry.prepared) entry.release(true);
+        setTimeout(() => void this.recover().catch(() => undefined), timeoutMs).unref();
+      }
       throw err;
     } finally {
       clearTimeout(timer);

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
 
 import { LocalStack } from '../../src/stack/index.js';
+import { rollbackPrepared } from './stack.js';
 
 /** Where the test stack lives; apart from the `npm start` stack so both can run at once. */
 export const TEST_STACK_DIR = resolve(process.env['REPLIKIT_TEST_STACK_DIR'] ?? '.replikit/test');
@@ -24,6 +25,8 @@ export async function setup(project: TestProject): Promise<void> {
   });
   // A previous run that died mid-test may have left a replica paused or delayed.
   await stack.resetFaults();
+  // A run that died mid-test may also have left prepared transactions holding locks.
+  await rollbackPrepared(stack);
   console.log(`[stack] ready in ${Date.now() - started} ms`);
   project.provide('stackDir', TEST_STACK_DIR);
 }

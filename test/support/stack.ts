@@ -41,9 +41,31 @@ export async function createTestDatabase(prefix = 't'): Promise<TestDatabase> {
     ),
     drop: async () => {
       await stack.resetFaults();
+      await rollbackPrepared(stack, name);
       await stack.query('primary', `drop database if exists "${name}" with (force)`);
     },
   };
+}
+
+/**
+ * Rolls back the prepared transactions a test left in `database` (or in every database): they
+ * outlive sessions, hold locks, and keep a database from being dropped.
+ */
+export async function rollbackPrepared(stack: LocalStack, database?: string): Promise<void> {
+  const rows = await stack.query<{ gid: string; database: string }>(
+    'primary',
+    'select gid, database from pg_prepared_xacts where $1::text is null or database = $1',
+    [database ?? null],
+  );
+  for (const row of rows) {
+    // ROLLBACK PREPARED must run in the transaction's own database.
+    await stack.query(
+      'primary',
+      `rollback prepared '${row.gid.replaceAll("'", "''")}'`,
+      [],
+      row.database,
+    );
+  }
 }
 
 /** Polls `check` every 10 ms until it returns a value other than `undefined`, for at most `timeoutMs`. */
