@@ -10,3 +10,4 @@ export {
   type RoutingMetricsOptions,
 } from './routing-metrics.js';
 export { shutdownTelemetry, startTelemetry } from './otel.js';
+export { createTwoPhaseMetrics, type TwoPhaseMetrics } from './twopc-metrics.js';
