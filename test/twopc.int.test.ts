@@ -218,6 +218,42 @@ describe('two-phase commit', () => {
     }
   });
 
+  it('breaks a deadlock across the two servers with lock_timeout and retries until both commit', async () => {
+    // T1 locks A.acct7 then wants B.acct7; T2 locks B.acct7 then wants A.acct7. Neither server sees
+    // a cycle of its own; the lock timeout breaks it and the transaction runs again.
+    const fast = createCoordinator({
+      name: 'deadlock',
+      coordinator: coordinatorDb.primaryUrl,
+      participants: { ledger_a: ledgerA.primaryUrl, ledger_b: ledgerB.primaryUrl },
+      lockTimeoutMs: 200,
+      maxAttempts: 20,
+      recoveryIntervalMs: 0,
+    });
+    try {
+      const before = await totalMoney();
+      const pause = () => new Promise((resolve) => setTimeout(resolve, 50));
+      const results = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          fast.run(async (tx) => {
+            const [first, second] =
+              i % 2 === 0
+                ? (['ledger_a', 'ledger_b'] as const)
+                : (['ledger_b', 'ledger_a'] as const);
+            await tx.query(first, "update accounts set balance = balance - 1 where id = 'acct7'");
+            await pause();
+            await tx.query(second, "update accounts set balance = balance + 1 where id = 'acct7'");
+          }),
+        ),
+      );
+      expect(results.every((result) => result.pending.length === 0)).toBe(true);
+      expect(Math.max(...results.map((result) => result.attempts))).toBeGreaterThan(1);
+      expect(await totalMoney()).toBe(before);
+      expect([await prepared(ledgerA), await prepared(ledgerB)]).toEqual([0, 0]);
+    } finally {
+      await fast.close();
+    }
+  });
+
   it('says clearly when a participant cannot prepare transactions', async () => {
     // The machine's own PostgreSQL on 5432 keeps the default max_prepared_transactions = 0.
     const system = new pg.Client({
