@@ -46,6 +46,7 @@ describe('two-phase commit under coordinator crashes', () => {
     );
     let started = 0;
     let crashed = 0;
+    const crashPoints = { P: 0, D: 0 };
     let round = 0;
     while (started < TRANSFERS) {
       round++;
@@ -71,11 +72,16 @@ describe('two-phase commit under coordinator crashes', () => {
       for (const [i, exit] of exits.entries()) {
         const output = workers[i]!.output();
         started += (output.match(/s/g) ?? []).length;
+        crashPoints.P += (output.match(/P/g) ?? []).length;
+        crashPoints.D += (output.match(/D/g) ?? []).length;
         if (exit.signal === 'SIGKILL') crashed++;
         else expect(exit.code, output).toBe(0);
       }
     }
     expect(crashed).toBeGreaterThan(0);
+    // Both dangerous points were hit: after prepare (must roll back) and after the decision (must commit).
+    expect(crashPoints.P).toBeGreaterThan(0);
+    expect(crashPoints.D).toBeGreaterThan(0);
 
     // Whatever the dead coordinators left prepared, one recovery pass settles it.
     const checker = createCoordinator({

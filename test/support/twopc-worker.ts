@@ -1,7 +1,7 @@
 /**
  * A coordinator process for the 2PC crash test: runs random transfers at some concurrency and,
  * with probability CRASH_P at each of the two dangerous points (after prepare, after the
- * decision), kills itself with SIGKILL. Prints one "s" per transfer started (stdout to a pipe is
+ * decision), kills itself with SIGKILL, printing P or D first. Prints one "s" per transfer started (stdout to a pipe is
  * synchronous on Linux, so the count survives the kill) and "done" when it finishes uncrashed.
  */
 import { createCoordinator } from '../../src/twopc/index.js';
@@ -14,8 +14,11 @@ const env = (name: string): string => {
 };
 
 const crashP = Number(process.env['CRASH_P'] ?? '0');
-const crash = (): void => {
-  if (Math.random() < crashP) process.kill(process.pid, 'SIGKILL');
+/** Dies at once, saying where: P after prepare (before the decision), D after the decision. */
+const crashAt = (point: 'P' | 'D') => (): void => {
+  if (Math.random() >= crashP) return;
+  process.stdout.write(point);
+  process.kill(process.pid, 'SIGKILL');
 };
 
 const coordinator = createCoordinator({
@@ -25,7 +28,7 @@ const coordinator = createCoordinator({
   recoveryIntervalMs: 500,
   lockTimeoutMs: 500,
   maxAttempts: 10,
-  faults: { afterPrepare: crash, afterDecision: crash },
+  faults: { afterPrepare: crashAt('P'), afterDecision: crashAt('D') },
 });
 await coordinator.start();
 
