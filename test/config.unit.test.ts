@@ -26,6 +26,8 @@ describe('loadConfig', () => {
       HOST: '127.0.0.1',
       LOG_LEVEL: 'info',
       REPLIKIT_DATABASE: 'replikit',
+      REPLIKIT_LEDGER_A_DATABASE: 'replikit_ledger_a',
+      REPLIKIT_LEDGER_B_DATABASE: 'replikit_ledger_b',
       REPLIKIT_STACK_DIR: '.replikit',
       REPLIKIT_BODY_LIMIT: '100kb',
       REPLIKIT_SHUTDOWN_TIMEOUT_MS: 10_000,
@@ -69,6 +71,11 @@ describe('loadConfig', () => {
     ['PORT', '80.5'],
     ['LOG_LEVEL', 'loud'],
     ['REPLIKIT_DATABASE', 'Robert"); drop table students;--'],
+    ['REPLIKIT_DATABASE', `d${'x'.repeat(60)}`],
+    ['REPLIKIT_LEDGER_A_DATABASE', 'Ledger-A'],
+    ['REPLIKIT_LEDGER_B_DATABASE', 'b; drop database replikit'],
+    ['REPLIKIT_LEDGER_A_DATABASE', 'replikit'],
+    ['REPLIKIT_LEDGER_B_DATABASE', 'replikit_ledger_a'],
     ['REPLIKIT_STACK_PORT', '0'],
     ['REPLIKIT_BODY_LIMIT', 'lots'],
     ['REPLIKIT_SHUTDOWN_TIMEOUT_MS', '0'],
@@ -103,6 +110,59 @@ describe('loadConfig', () => {
     expect(configError({ REPLIKIT_REPLICA_URLS: EXTERNAL.REPLIKIT_REPLICA_URLS }).message).toMatch(
       /^invalid REPLIKIT_PRIMARY_URL: set both/,
     );
+  });
+});
+
+describe('ledger databases of the transfers demo', () => {
+  it('are named after the local stack database, or the one the primary URL names', () => {
+    expect(loadConfig({ REPLIKIT_DATABASE: 'shop' })).toMatchObject({
+      REPLIKIT_LEDGER_A_DATABASE: 'shop_ledger_a',
+      REPLIKIT_LEDGER_B_DATABASE: 'shop_ledger_b',
+    });
+    expect(
+      loadConfig({
+        ...EXTERNAL,
+        REPLIKIT_PRIMARY_URL: 'postgres://app:pw@db1:5432/My%20App?sslmode=require',
+        REPLIKIT_DATABASE: 'ignored',
+      }),
+    ).toMatchObject({
+      REPLIKIT_LEDGER_A_DATABASE: 'My App_ledger_a',
+      REPLIKIT_LEDGER_B_DATABASE: 'My App_ledger_b',
+    });
+  });
+
+  it('may be named outright', () => {
+    expect(
+      loadConfig({
+        ...EXTERNAL,
+        REPLIKIT_LEDGER_A_DATABASE: 'east',
+        REPLIKIT_LEDGER_B_DATABASE: 'west',
+      }),
+    ).toMatchObject({ REPLIKIT_LEDGER_A_DATABASE: 'east', REPLIKIT_LEDGER_B_DATABASE: 'west' });
+  });
+
+  it('cannot be named after a primary URL without a database', () => {
+    const err = configError({ ...EXTERNAL, REPLIKIT_PRIMARY_URL: 'postgres://app@db1:5432' });
+    expect(err.details).toEqual({ variable: 'REPLIKIT_PRIMARY_URL' });
+    expect(err.message).toMatch(/names no database.*set REPLIKIT_LEDGER_A_DATABASE/);
+    expect(
+      loadConfig({
+        ...EXTERNAL,
+        REPLIKIT_PRIMARY_URL: 'postgres://app@db1:5432',
+        REPLIKIT_LEDGER_A_DATABASE: 'east',
+        REPLIKIT_LEDGER_B_DATABASE: 'west',
+      }).REPLIKIT_LEDGER_B_DATABASE,
+    ).toBe('west');
+  });
+
+  it("must differ from each other and from the service's own database", () => {
+    expect(configError({ ...EXTERNAL, REPLIKIT_LEDGER_B_DATABASE: 'app' }).message).toMatch(
+      /^invalid REPLIKIT_LEDGER_B_DATABASE \(got "app"\): must not be the service's own/,
+    );
+    expect(
+      configError({ REPLIKIT_LEDGER_A_DATABASE: 'same', REPLIKIT_LEDGER_B_DATABASE: 'same' })
+        .message,
+    ).toMatch(/^invalid REPLIKIT_LEDGER_B_DATABASE .*must differ from REPLIKIT_LEDGER_A_DATABASE/);
   });
 });
 

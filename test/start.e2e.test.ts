@@ -27,13 +27,22 @@ function localStackEnv(dir: string, extra: NodeJS.ProcessEnv = {}): NodeJS.Proce
   };
 }
 
-/** Environment for a child that uses the test stack's servers. */
-function externalEnv(db: TestDatabase, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+/**
+ * Environment for a child that uses the test stack's servers: `db` for the service, and the
+ * ledger databases of the transfers demo when given (else they are named after `db`).
+ */
+function externalEnv(
+  db: TestDatabase,
+  extra: NodeJS.ProcessEnv = {},
+  ledgers?: readonly [TestDatabase, TestDatabase],
+): NodeJS.ProcessEnv {
   return {
     REPLIKIT_PRIMARY_URL: db.primaryUrl,
     REPLIKIT_REPLICA_URLS: Object.entries(db.replicaUrls)
       .map(([name, url]) => `${name}=${url}`)
       .join(','),
+    REPLIKIT_LEDGER_A_DATABASE: ledgers?.[0].name ?? '',
+    REPLIKIT_LEDGER_B_DATABASE: ledgers?.[1].name ?? '',
     PORT: '0',
     LOG_LEVEL: 'info',
     OTEL_EXPORTER_OTLP_ENDPOINT: '',
@@ -104,17 +113,25 @@ describe('start-up with a bad configuration', () => {
 
 describe('with existing servers', () => {
   let db: TestDatabase;
+  let ledgers: readonly [TestDatabase, TestDatabase];
 
   beforeAll(async () => {
     db = await createTestDatabase('start');
+    ledgers = [
+      await createTestDatabase('start_ledger_a'),
+      await createTestDatabase('start_ledger_b'),
+    ];
   });
 
   afterAll(async () => {
-    await db.drop();
+    await Promise.all([db.drop(), ...ledgers.map((ledger) => ledger.drop())]);
   });
 
   it('migrates, serves, and on Ctrl-C closes its connections and exits 0', async () => {
-    const child = spawnTs([START], externalEnv(db, { REPLIKIT_SHUTDOWN_TIMEOUT_MS: '15000' }));
+    const child = spawnTs(
+      [START],
+      externalEnv(db, { REPLIKIT_SHUTDOWN_TIMEOUT_MS: '15000' }, ledgers),
+    );
     const url = await serviceUrl(child);
 
     const ready = await fetch(`${url}/readyz`);
@@ -124,6 +141,22 @@ describe('with existing servers', () => {
     expect(child.output()).toMatch(
       /^\s+replica2\s+postgres:\/\/postgres@127\.0\.0\.1:\d+\/start_/m,
     );
+    expect(child.output()).toMatch(
+      new RegExp(
+        `^\\s+ledger_b\\s+postgres://postgres@127\\.0\\.0\\.1:\\d+/${ledgers[1].name}$`,
+        'm',
+      ),
+    );
+    const transfer = await fetch(`${url}/transfers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ from: 'b2', to: 'a1', amount: 7 }),
+    });
+    expect(transfer.status).toBe(201);
+    const account = await fetch(`${url}/accounts/a1`, {
+      headers: { 'x-consistency-token': transfer.headers.get('x-consistency-token')! },
+    });
+    expect(await account.json()).toMatchObject({ id: 'a1', ledger: 'ledger_a', balance: 1007 });
 
     const admin = new pg.Client({ connectionString: db.primaryUrl });
     await admin.connect();
@@ -152,10 +185,19 @@ describe('with existing servers', () => {
     }
   });
 
+  it('fails with one clear line and exit 1 when a ledger database does not exist', async () => {
+    const child = spawnTs([START], externalEnv(db));
+    const stderr = stderrOf(child);
+    expect((await child.exit()).code).toBe(1);
+    expect(stderr()).toBe(
+      `replikit: the ledger database ${db.name}_ledger_a does not exist on the primary; create it (create database ${db.name}_ledger_a) or name another one with REPLIKIT_LEDGER_A_DATABASE\n`,
+    );
+  });
+
   it('fails with one clear line and exit 1 when the port is taken', async () => {
     const { port, release } = await occupyPort();
     try {
-      const child = spawnTs([START], externalEnv(db, { PORT: String(port) }));
+      const child = spawnTs([START], externalEnv(db, { PORT: String(port) }, ledgers));
       const stderr = stderrOf(child);
       expect((await child.exit()).code).toBe(1);
       expect(stderr()).toBe(`replikit: port ${port} is already in use; set PORT to another port\n`);
@@ -170,12 +212,16 @@ describe('with existing servers', () => {
       // Signal-specific endpoints alone must not switch exporting on (the SDK's defaults would).
       const quiet = spawnTs(
         ['--import', './src/telemetry/register.ts', START],
-        externalEnv(db, {
-          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiver.url}/v1/traces`,
-          OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: `${receiver.url}/v1/metrics`,
-          OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: `${receiver.url}/v1/logs`,
-          OTEL_METRIC_EXPORT_INTERVAL: '100',
-        }),
+        externalEnv(
+          db,
+          {
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: `${receiver.url}/v1/traces`,
+            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: `${receiver.url}/v1/metrics`,
+            OTEL_EXPORTER_OTLP_LOGS_ENDPOINT: `${receiver.url}/v1/logs`,
+            OTEL_METRIC_EXPORT_INTERVAL: '100',
+          },
+          ledgers,
+        ),
       );
       const quietUrl = await serviceUrl(quiet);
       await (await fetch(`${quietUrl}/no-such-route`)).body?.cancel();
@@ -185,11 +231,15 @@ describe('with existing servers', () => {
 
       const traced = spawnTs(
         ['--import', './src/telemetry/register.ts', START],
-        externalEnv(db, {
-          OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
-          // Long enough that only the flush at shutdown can deliver the spans.
-          OTEL_BSP_SCHEDULE_DELAY: '600000',
-        }),
+        externalEnv(
+          db,
+          {
+            OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+            // Long enough that only the flush at shutdown can deliver the spans.
+            OTEL_BSP_SCHEDULE_DELAY: '600000',
+          },
+          ledgers,
+        ),
       );
       const tracedUrl = await serviceUrl(traced);
       await (await fetch(`${tracedUrl}/no-such-route`)).body?.cancel();
@@ -235,6 +285,10 @@ describe('with its own local stack', () => {
     expect(child.output()).toMatch(
       /^\s+primary\s+postgres:\/\/postgres@127\.0\.0\.1:\d+\/replikit$/m,
     );
+    // The ledger databases were created and seeded beside it.
+    const account = await fetch(`${url}/accounts/b10`);
+    expect(account.status).toBe(200);
+    expect(await account.json()).toMatchObject({ id: 'b10', ledger: 'ledger_b' });
 
     child.child.kill('SIGTERM');
     expect(await child.exit()).toEqual({ code: 0, signal: null });

@@ -11,6 +11,9 @@ psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
   --set=repl_user="$REPLICATION_USER" --set=repl_password="$REPLICATION_PASSWORD" <<'SQL'
 CREATE ROLE :"repl_user" WITH LOGIN REPLICATION PASSWORD :'repl_password';
 CREATE DATABASE replikit;
+-- The transfers demo's two ledger databases (two-phase commit), named after the service's database.
+CREATE DATABASE replikit_ledger_a;
+CREATE DATABASE replikit_ledger_b;
 -- Physical slots keep the WAL each replica still needs, so a replica that falls behind or restarts
 -- resumes streaming instead of needing a new base backup. Their names match the replicas' REPLICA_SLOT.
 SELECT pg_create_physical_replication_slot('replica1');

@@ -14,6 +14,7 @@ import type { Logger } from '../telemetry/logger.js';
 import type { MetricsRegistry } from '../telemetry/metrics.js';
 import type { Cluster } from '../routing/index.js';
 import type { Config } from './config.js';
+import { transfersRouter, type TransfersOptions } from './transfers.js';
 import { usersRouter } from './users.js';
 
 /** What {@link createApp} needs. */
@@ -29,6 +30,8 @@ export interface AppOptions {
   readonly registry: MetricsRegistry;
   /** Deadline of each node's answer in `/readyz`. Default 1000 ms. */
   readonly readinessTimeoutMs?: CheckReadinessOptions['timeoutMs'];
+  /** The two-phase commit demo (`/transfers`, `/accounts`); not mounted when absent. */
+  readonly transfers?: TransfersOptions;
 }
 
 /**
@@ -38,10 +41,12 @@ export interface AppOptions {
  * - `GET /healthz` — 200 `{ status: 'ok' }` while the process runs;
  * - `GET /readyz` — 200 when the primary answers within the deadline, else 503; lists every node;
  * - `GET /metrics` — Prometheus text, or OpenMetrics when asked for;
+ * - the demo resources: `/users` (read routing) and, given `transfers`, `/transfers` and
+ *   `/accounts` (two-phase commit);
  * - any error, unknown route or unreadable body — `application/problem+json`.
  *
  * ```ts
- * const app = createApp({ config, logger, pools, registry });
+ * const app = createApp({ config, logger, cluster, registry });
  * const server = app.listen(0);
  * ```
  */
@@ -82,6 +87,7 @@ export function createApp(options: AppOptions): express.Express {
   // merged token and X-Served-By out.
   app.use(consistencyMiddleware());
   app.use(usersRouter(cluster));
+  if (options.transfers !== undefined) app.use(transfersRouter({ ...options.transfers, logger }));
 
   app.use(notFoundHandler());
   app.use(problemDetailsMiddleware({ logger }));

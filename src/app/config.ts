@@ -1,5 +1,6 @@
 import { z } from 'zod';
 
+import { databaseOf } from '../db/database-url.js';
 import { ReplikitError } from '../errors.js';
 
 const postgresUrl = z
@@ -15,6 +16,24 @@ const postgresUrl = z
   }, 'must be a postgres:// or postgresql:// URL');
 
 const NODE_NAME = /^[a-z][a-z0-9_-]{0,62}$/i;
+
+/** A database name the service may create: a lower-case SQL identifier, never needing quotes. */
+const databaseName = z
+  .string()
+  .trim()
+  .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier');
+
+/** PostgreSQL truncates longer identifiers, so two long derived names could silently collide. */
+const MAX_IDENTIFIER_BYTES = 63;
+
+/**
+ * The ledger databases of the transfers demo, and the suffix that names each after the service's
+ * own database when its variable is unset.
+ */
+const LEDGER_DATABASES = [
+  { variable: 'REPLIKIT_LEDGER_A_DATABASE', suffix: '_ledger_a' },
+  { variable: 'REPLIKIT_LEDGER_B_DATABASE', suffix: '_ledger_b' },
+] as const;
 
 /** One replica the service reads from, as listed in `REPLIKIT_REPLICA_URLS`. */
 export interface ReplicaUrl {
@@ -119,11 +138,14 @@ export const configSchema = z
     REPLIKIT_PRIMARY_URL: postgresUrl.optional(),
     REPLIKIT_REPLICA_URLS: replicaList.optional(),
     /** Database the service uses on the local stack (created when missing). */
-    REPLIKIT_DATABASE: z
-      .string()
-      .trim()
-      .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier')
-      .default('replikit'),
+    REPLIKIT_DATABASE: databaseName.default('replikit'),
+    /**
+     * The transfers demo's two ledger databases, on the same servers as the service's database.
+     * Default: that database's name + `_ledger_a` / `_ledger_b`. Created on the local stack; with
+     * existing servers they must exist.
+     */
+    REPLIKIT_LEDGER_A_DATABASE: databaseName.optional(),
+    REPLIKIT_LEDGER_B_DATABASE: databaseName.optional(),
     REPLIKIT_STACK_DIR: z.string().trim().min(1).default('.replikit'),
     REPLIKIT_STACK_PORT: wholeNumber(1, 65_535).optional(),
     REPLIKIT_PG_BIN: z.string().trim().min(1).optional(),
@@ -161,6 +183,43 @@ export const configSchema = z
           'set both REPLIKIT_PRIMARY_URL and REPLIKIT_REPLICA_URLS to use existing servers, or neither to start the local stack',
       });
     }
+  })
+  .transform((config, ctx) => {
+    // The service's own database: the one its primary URL names, else the one the local stack gets.
+    const external = config.REPLIKIT_PRIMARY_URL !== undefined;
+    const own = external ? databaseOf(config.REPLIKIT_PRIMARY_URL!) : config.REPLIKIT_DATABASE;
+    const source = external ? 'REPLIKIT_PRIMARY_URL' : 'REPLIKIT_DATABASE';
+    const fail = (variable: string, message: string): void =>
+      ctx.addIssue({ code: 'custom', path: [variable], message });
+    const ledger = ({ variable, suffix }: (typeof LEDGER_DATABASES)[number]): string => {
+      const given = config[variable];
+      if (given !== undefined) return given;
+      if (own === undefined) {
+        fail(
+          source,
+          `names no database, so the ledger databases cannot be named after it; add the database to the URL or set ${variable}`,
+        );
+        return '';
+      }
+      const derived = `${own}${suffix}`;
+      if (new TextEncoder().encode(derived).length > MAX_IDENTIFIER_BYTES) {
+        fail(
+          source,
+          `is too long to name the ledger databases after it (${derived} is over PostgreSQL's ${MAX_IDENTIFIER_BYTES}-byte limit); use a shorter name or set ${variable}`,
+        );
+      }
+      return derived;
+    };
+    const a = ledger(LEDGER_DATABASES[0]);
+    const b = ledger(LEDGER_DATABASES[1]);
+    if (a === own && own !== undefined) {
+      fail('REPLIKIT_LEDGER_A_DATABASE', "must not be the service's own database");
+    } else if (b === own && own !== undefined) {
+      fail('REPLIKIT_LEDGER_B_DATABASE', "must not be the service's own database");
+    } else if (a === b && a !== '') {
+      fail('REPLIKIT_LEDGER_B_DATABASE', 'must differ from REPLIKIT_LEDGER_A_DATABASE');
+    }
+    return { ...config, REPLIKIT_LEDGER_A_DATABASE: a, REPLIKIT_LEDGER_B_DATABASE: b };
   });
 
 /** The validated configuration, as {@link loadConfig} returns it. */

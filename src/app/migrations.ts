@@ -19,3 +19,42 @@ export const MIGRATIONS: readonly Migration[] = [
     `,
   },
 ];
+
+/** How many demo accounts each ledger opens with, and with how much. */
+export const DEMO_ACCOUNTS = { count: 10, openingBalance: 1000 } as const;
+
+/**
+ * The schema of one ledger database of the transfers demo (two-phase commit), oldest first.
+ * `transfers` holds one row per transfer on each side, with the same id: the amount is negative
+ * on the ledger the money left and positive on the one it reached, so after any failure both
+ * ledgers must hold the same set of ids. The demo accounts (`a1`…`a10` in ledger A, `b1`…`b10`
+ * in ledger B) open with 1000 each.
+ */
+export function ledgerMigrations(prefix: 'a' | 'b'): readonly Migration[] {
+  return [
+    {
+      id: '0001-ledger',
+      sql: `
+        create table accounts (
+          id text primary key,
+          balance bigint not null check (balance >= 0),
+          updated_at timestamptz not null default now()
+        );
+        create table transfers (
+          id uuid primary key,
+          amount bigint not null,
+          created_at timestamptz not null default now()
+        );
+      `,
+    },
+    {
+      id: '0002-demo-accounts',
+      sql: `
+        insert into accounts (id, balance)
+        select '${prefix}' || g, ${DEMO_ACCOUNTS.openingBalance}
+        from generate_series(1, ${DEMO_ACCOUNTS.count}) as g
+        on conflict (id) do nothing;
+      `,
+    },
+  ];
+}

@@ -3,9 +3,13 @@
  *
  * 1. reads the configuration; a bad value ends the process with exit code 2 and one line naming it;
  * 2. unless `REPLIKIT_PRIMARY_URL` and `REPLIKIT_REPLICA_URLS` name existing servers, starts the
- *    local stack and creates `REPLIKIT_DATABASE` on it;
- * 3. applies the schema migrations, waits for the replicas to replay them;
- * 4. serves HTTP on `HOST:PORT` and prints the URLs.
+ *    local stack and creates `REPLIKIT_DATABASE` and the two ledger databases on it (existing
+ *    servers must have the ledger databases already);
+ * 3. applies the schema migrations to the service's database and to each ledger, waits for the
+ *    replicas to replay them;
+ * 4. starts the two-phase commit coordinator of the transfers demo, which resolves any
+ *    transaction an earlier run left prepared;
+ * 5. serves HTTP on `HOST:PORT` and prints the URLs.
  *
  * SIGINT or SIGTERM — also during start-up — stops accepting requests, lets in-flight ones
  * finish, closes the pools, stops the PostgreSQL servers this process started (never ones it found
@@ -18,18 +22,21 @@
  */
 import { type Config, ConfigError, loadConfig, redactUrl } from './config.js';
 import { createApp } from './app.js';
-import { MIGRATIONS } from './migrations.js';
+import { ledgerMigrations, MIGRATIONS } from './migrations.js';
 import { listen } from './server.js';
+import { LEDGERS, type LedgerName } from './transfers.js';
+import { withDatabase } from '../db/database-url.js';
 import { ensureDatabase } from '../db/ensure-database.js';
-import { migrate } from '../db/migrate.js';
+import { migrate, type Migration } from '../db/migrate.js';
 import type { NodeUrls } from '../db/pools.js';
 import { ReplikitError } from '../errors.js';
-import { createCluster } from '../routing/index.js';
+import { type Cluster, createCluster } from '../routing/index.js';
 import { LocalStack } from '../stack/index.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { createMetricsRegistry } from '../telemetry/metrics.js';
 import { createRoutingMetrics } from '../telemetry/routing-metrics.js';
 import { shutdownTelemetry, telemetryState } from '../telemetry/otel.js';
+import { createCoordinator } from '../twopc/index.js';
 
 /** Exit codes: 0 stopped on request, 1 failed (start-up, crash, shutdown too slow), 2 bad configuration. */
 const EXIT = { ok: 0, failed: 1, config: 2 } as const;
@@ -52,6 +59,34 @@ function messageOf(err: unknown): string {
     return messageOf(err.errors[0]);
   }
   return err instanceof Error ? err.message : String(err);
+}
+
+/** The same nodes, in another database on each. */
+function onDatabase(urls: NodeUrls, database: string): NodeUrls {
+  return {
+    primary: withDatabase(urls.primary, database),
+    replicas: urls.replicas.map(({ name, url }) => ({ name, url: withDatabase(url, database) })),
+  };
+}
+
+/** The ledger databases of the transfers demo, and the variable that names each. */
+function ledgerDatabases(
+  config: Config,
+): readonly { ledger: LedgerName; prefix: 'a' | 'b'; database: string; variable: string }[] {
+  return [
+    {
+      ledger: LEDGERS.a,
+      prefix: 'a',
+      database: config.REPLIKIT_LEDGER_A_DATABASE,
+      variable: 'REPLIKIT_LEDGER_A_DATABASE',
+    },
+    {
+      ledger: LEDGERS.b,
+      prefix: 'b',
+      database: config.REPLIKIT_LEDGER_B_DATABASE,
+      variable: 'REPLIKIT_LEDGER_B_DATABASE',
+    },
+  ];
 }
 
 /** Names of the stack's nodes already running before this process touched the stack. */
@@ -137,6 +172,12 @@ class Service {
         ensureDatabase(local.url('primary', 'postgres'), database),
       );
       if (created) logger.info({ database }, 'created the database');
+      for (const ledger of ledgerDatabases(config)) {
+        const createdLedger = await step(`create the database ${ledger.database}`, () =>
+          ensureDatabase(local.url('primary', 'postgres'), ledger.database),
+        );
+        if (createdLedger) logger.info({ database: ledger.database }, 'created the database');
+      }
       urls = {
         primary: local.url('primary', database),
         replicas: local.replicas.map((replica) => ({
@@ -149,31 +190,76 @@ class Service {
 
     const registry = createMetricsRegistry();
     const routingMetrics = createRoutingMetrics(registry, { logger });
-    const cluster = createCluster({
-      primary: urls.primary,
-      replicas: Object.fromEntries(urls.replicas.map(({ name, url }) => [name, url])),
-      logger: logger.child({ component: 'routing' }),
-      observer: routingMetrics.observer,
-      waitTimeoutMs: config.REPLIKIT_READ_WAIT_TIMEOUT_MS,
-      onWaitTimeout: config.REPLIKIT_READ_WAIT_FALLBACK,
-      maxLagMs: config.REPLIKIT_MAX_LAG_MS,
-    });
+    const clusterFor = (nodes: NodeUrls, database?: string): Cluster =>
+      createCluster({
+        primary: nodes.primary,
+        replicas: Object.fromEntries(nodes.replicas.map(({ name, url }) => [name, url])),
+        logger: logger.child({
+          component: 'routing',
+          ...(database === undefined ? {} : { database }),
+        }),
+        // One observer for every cluster: reads of the ledgers count with the others. Its gauges
+        // describe the attached cluster only (the replicas are the same servers anyway), since a
+        // second RoutingMetrics would register the same metric names twice.
+        observer: routingMetrics.observer,
+        waitTimeoutMs: config.REPLIKIT_READ_WAIT_TIMEOUT_MS,
+        onWaitTimeout: config.REPLIKIT_READ_WAIT_FALLBACK,
+        maxLagMs: config.REPLIKIT_MAX_LAG_MS,
+      });
+    const cluster = clusterFor(urls);
     routingMetrics.attach(cluster);
     this.#cleanups.push({ what: 'database cluster', run: () => cluster.close() });
     await step('reach the database nodes', () => cluster.ready());
 
-    const result = await step('apply the migrations on the primary', () =>
-      migrate(cluster.primary, MIGRATIONS, {
-        signal,
-        onApplied: (id, durationMs) =>
-          logger.info({ migration: id, durationMs: Math.round(durationMs) }, 'applied migration'),
-      }),
-    );
-    if (result.unknown.length > 0) {
-      logger.warn(
-        { migrations: result.unknown },
-        'the database has migrations this version does not know; a newer version migrated it',
+    const migrateOn = async (
+      what: string,
+      pool: Cluster['primary'],
+      migrations: readonly Migration[],
+      fields: Record<string, unknown> = {},
+    ): Promise<void> => {
+      const result = await step(`apply the migrations ${what}`, () =>
+        migrate(pool, migrations, {
+          signal,
+          onApplied: (id, durationMs) =>
+            logger.info(
+              { ...fields, migration: id, durationMs: Math.round(durationMs) },
+              'applied migration',
+            ),
+        }),
       );
+      if (result.unknown.length > 0) {
+        logger.warn(
+          { ...fields, migrations: result.unknown },
+          'the database has migrations this version does not know; a newer version migrated it',
+        );
+      }
+    };
+    await migrateOn('on the primary', cluster.primary, MIGRATIONS);
+
+    // The transfers demo: two ledger databases on the same servers, read through a routed
+    // cluster each, written by the two-phase commit coordinator.
+    const ledgers = {} as Record<LedgerName, Cluster>;
+    const participants = {} as Record<LedgerName, string>;
+    for (const { ledger, prefix, database, variable } of ledgerDatabases(config)) {
+      const nodes = onDatabase(urls, database);
+      const ledgerCluster = clusterFor(nodes, database);
+      ledgers[ledger] = ledgerCluster;
+      participants[ledger] = nodes.primary;
+      this.#cleanups.push({ what: `${ledger} cluster`, run: () => ledgerCluster.close() });
+      await step(`reach the nodes of ${ledger}`, () => ledgerCluster.ready());
+      signal.throwIfAborted();
+      await migrateOn(`of ${ledger}`, ledgerCluster.primary, ledgerMigrations(prefix), {
+        database,
+      }).catch((err: unknown) => {
+        if (databaseMissing(err)) {
+          throw new ReplikitError(
+            'STARTUP_FAILED',
+            `the ledger database ${database} does not exist on the primary; create it (create database ${database}) or name another one with ${variable}`,
+            { cause: err, details: { database, variable } },
+          );
+        }
+        throw err;
+      });
     }
     if (stack !== undefined) {
       const local = stack;
@@ -184,7 +270,24 @@ class Service {
     }
     signal.throwIfAborted();
 
-    const app = createApp({ config, logger, cluster, registry });
+    const coordinator = createCoordinator({
+      name: 'replikit-app',
+      // Decisions are recorded in the service's own database: its commit is the commit point.
+      coordinator: urls.primary,
+      participants,
+      logger: logger.child({ component: 'twopc' }),
+    });
+    this.#cleanups.push({ what: 'two-phase commit coordinator', run: () => coordinator.close() });
+    await step('start the two-phase commit coordinator', () => coordinator.start());
+    signal.throwIfAborted();
+
+    const app = createApp({
+      config,
+      logger,
+      cluster,
+      registry,
+      transfers: { coordinator, ledgers },
+    });
     const server = await listen(app, { port: config.PORT, host: config.HOST });
     this.#cleanups.push({
       what: 'HTTP server',
@@ -194,6 +297,7 @@ class Service {
     const nodes = [
       { name: 'primary', url: urls.primary },
       ...urls.replicas.map(({ name, url }) => ({ name, url })),
+      ...Object.entries(participants).map(([name, url]) => ({ name, url })),
     ].map(({ name, url }) => ({ name, url: redactUrl(url) }));
     logger.info({ url: server.url, metrics: `${server.url}/metrics`, nodes }, 'replikit is ready');
     const width = Math.max(8, ...nodes.map((node) => node.name.length));
@@ -280,6 +384,14 @@ class Service {
   get stopping(): boolean {
     return this.#stopping;
   }
+}
+
+/** Whether `err` says the database connected to does not exist (SQLSTATE 3D000), perhaps wrapped by {@link step}. */
+function databaseMissing(err: unknown): boolean {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if ((e as { code?: unknown }).code === '3D000') return true;
+  }
+  return false;
 }
 
 /** Runs `work`, giving its failure a one-line message that says what start-up was doing. */

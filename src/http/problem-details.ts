@@ -44,10 +44,21 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   // The request clashes with the current state (a unique email already taken, a stale version).
   CONFLICT: 409,
   VERSION_CONFLICT: 409,
+  // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
+  INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.
   NO_NODE_AVAILABLE: 503,
   CLUSTER_CLOSED: 503,
   REPLICA_WAIT_TIMEOUT: 503,
+  // A distributed transaction rolled back everywhere (a participant failed or was too slow to
+  // prepare): nothing changed, sending the request again is safe.
+  TWOPC_ABORTED: 503,
+  TWOPC_PREPARE_TIMEOUT: 503,
+  TWOPC_CLOSED: 503,
+  TRANSFERS_BUSY: 503,
+  // Its outcome is not known yet; recovery settles it within seconds. Not a 2xx (the client must
+  // not assume it happened) nor a plain retry: the detail says to look before sending it again.
+  TWOPC_IN_DOUBT: 503,
   // Faults of the deployment, not of the request: the message helps whoever runs the service.
   CONFIG_INVALID: 500,
   MIGRATION_FAILED: 500,

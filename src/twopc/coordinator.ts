@@ -350,10 +350,27 @@ export class Coordinator {
   ): Promise<Omit<RunResult<T>, 'attempts'>> {
     const transaction = newTransactionId();
     span.setAttribute('replikit.2pc.transaction', transaction);
-    const lock = await checkout(this.#coordinator);
+    let lock: Awaited<ReturnType<typeof checkout>>;
+    try {
+      lock = await checkout(this.#coordinator);
+    } catch (err) {
+      throw new TwoPhaseError(
+        'TWOPC_ABORTED',
+        `could not reach the coordinator's database: ${message(err)}`,
+        {
+          cause: err,
+          details: { transaction },
+        },
+      );
+    }
     const opened = new Map<
       string,
-      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+      {
+        client: pg.PoolClient;
+        release: (broken?: boolean) => void;
+        prepared: boolean;
+        usable?: boolean;
+      }
     >();
     let decided = false;
     let lockBroken = false;
@@ -388,9 +405,9 @@ export class Coordinator {
             const checked = await checkout(pool);
             entry = { ...checked, prepared: false };
             opened.set(participant, entry);
-            await entry.client.query('begin');
+            // One round trip: a simple query may hold several statements.
             await entry.client.query(
-              `set local lock_timeout = ${Math.max(1, Math.floor(this.#options.lockTimeoutMs ?? 2000))}`,
+              `begin; set local lock_timeout = ${Math.max(1, Math.floor(this.#options.lockTimeoutMs ?? 2000))}`,
             );
           }
           return entry.client.query<R>(sql, params as unknown[]);
@@ -416,12 +433,9 @@ export class Coordinator {
       });
 
       await this.#options.faults?.afterDecision?.(transaction);
+      // The decision row stays: recovery prunes it once no participant holds the transaction
+      // prepared, which keeps a round trip and a WAL flush off every transaction.
       const pending = await timed('commit', () => this.#commitAll(transaction, opened));
-      if (pending.length === 0) {
-        await lock.client
-          .query(`delete from ${DECISIONS_TABLE} where transaction = $1`, [transaction])
-          .catch(() => undefined);
-      }
       return { result, transaction, pending };
     } catch (err) {
       if (decided) throw err;
@@ -462,7 +476,12 @@ export class Coordinator {
     transaction: string,
     opened: Map<
       string,
-      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+      {
+        client: pg.PoolClient;
+        release: (broken?: boolean) => void;
+        prepared: boolean;
+        usable?: boolean;
+      }
     >,
   ): Promise<void> {
     const timeoutMs = this.#options.prepareTimeoutMs ?? 5000;
@@ -527,7 +546,12 @@ export class Coordinator {
     transaction: string,
     opened: Map<
       string,
-      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+      {
+        client: pg.PoolClient;
+        release: (broken?: boolean) => void;
+        prepared: boolean;
+        usable?: boolean;
+      }
     >,
   ): Promise<string[]> {
     const pending: string[] = [];
@@ -546,7 +570,11 @@ export class Coordinator {
                   backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }),
                 },
               ).execute(() =>
-                this.#participants.get(participant)!.query(`commit prepared ${literal(gid)}`),
+                this.#onParticipant(
+                  participant,
+                  opened.get(participant)!,
+                  `commit prepared ${literal(gid)}`,
+                ),
               );
             } catch (err) {
               if (sqlState(err) !== UNDEFINED_OBJECT) {
@@ -567,11 +595,41 @@ export class Coordinator {
     return pending;
   }
 
+  /**
+   * Runs a statement for a prepared transaction on the connection that prepared it, idle since
+   * PREPARE: taking another from the pool while holding this one starves the pool under load
+   * (every connection held by a transaction waiting for one more). After a failure there, the
+   * connection is discarded and later tries use the pool.
+   */
+  async #onParticipant(
+    participant: string,
+    entry: { client: pg.PoolClient; release: (broken?: boolean) => void; usable?: boolean },
+    sql: string,
+  ): Promise<void> {
+    if (entry.usable !== false) {
+      try {
+        await entry.client.query(sql);
+        return;
+      } catch (err) {
+        if (sqlState(err) === UNDEFINED_OBJECT) throw err;
+        entry.usable = false;
+        entry.release(true);
+        throw err;
+      }
+    }
+    await this.#participants.get(participant)!.query(sql);
+  }
+
   async #rollbackAll(
     transaction: string,
     opened: Map<
       string,
-      { client: pg.PoolClient; release: (broken?: boolean) => void; prepared: boolean }
+      {
+        client: pg.PoolClient;
+        release: (broken?: boolean) => void;
+        prepared: boolean;
+        usable?: boolean;
+      }
     >,
   ): Promise<void> {
     await Promise.all(
@@ -579,7 +637,7 @@ export class Coordinator {
         try {
           if (entry.prepared) {
             const gid = formatGid({ coordinator: this.name, transaction, participant });
-            await this.#participants.get(participant)!.query(`rollback prepared ${literal(gid)}`);
+            await this.#onParticipant(participant, entry, `rollback prepared ${literal(gid)}`);
           } else {
             await entry.client.query('rollback');
           }
@@ -615,6 +673,7 @@ export class Coordinator {
     let unresolved = 0;
     const unreachable: string[] = [];
     const oldest: Record<string, number> = {};
+    const stillPrepared = new Set<string>();
     for (const [participant, pool] of this.#participants) {
       let rows: { gid: string; age: number }[];
       try {
@@ -633,6 +692,7 @@ export class Coordinator {
       for (const row of rows) {
         const id = row.gid.startsWith(`${GID_PREFIX}:`) ? parseGid(row.gid) : undefined;
         if (id === undefined || id.participant !== participant) continue;
+        stillPrepared.add(id.transaction);
         const outcome = await this.#resolve(pool, row.gid, id.transaction).catch((err: unknown) => {
           this.#options.logger?.warn(
             { gid: row.gid, err: message(err) },
@@ -649,8 +709,13 @@ export class Coordinator {
     if (unreachable.length === 0) {
       // Decisions whose every participant has committed are no longer needed; keep a minute of
       // grace for a coordinator that is just now committing.
+      // A decision is needed while any participant still holds its transaction prepared; the
+      // minute of grace covers a coordinator that is just now committing.
       await this.#coordinator
-        .query(`delete from ${DECISIONS_TABLE} where decided_at < now() - interval '1 minute'`)
+        .query(
+          `delete from ${DECISIONS_TABLE} where decided_at < now() - interval '1 minute' and transaction <> all($1::text[])`,
+          [[...stillPrepared]],
+        )
         .catch((err: unknown) =>
           this.#options.logger?.warn({ err: message(err) }, 'could not prune decisions'),
         );

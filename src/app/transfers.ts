@@ -1,0 +1,292 @@
+import { randomUUID } from 'node:crypto';
+
+import { bulkhead, isBulkheadRejectedError } from 'cockatiel';
+import { Router } from 'express';
+import { z } from 'zod';
+
+import { ReplikitError } from '../errors.js';
+import { parseInput } from '../http/validation.js';
+import { isConnectionError } from '../routing/connection-errors.js';
+import type { Cluster } from '../routing/index.js';
+import type { Logger } from '../telemetry/logger.js';
+import {
+  TwoPhaseError,
+  type Coordinator,
+  type DistributedTransaction,
+  type RunResult,
+} from '../twopc/index.js';
+
+/** The ledger databases by the first letter of their accounts' ids; the values are 2PC participant names. */
+export const LEDGERS = { a: 'ledger_a', b: 'ledger_b' } as const;
+
+/** A ledger's participant name: `ledger_a` or `ledger_b`. */
+export type LedgerName = (typeof LEDGERS)[keyof typeof LEDGERS];
+
+/** What the transfers demo needs; see {@link transfersRouter}. */
+export interface TransfersOptions {
+  /** Runs each transfer; its participants must be named `ledger_a` and `ledger_b`. */
+  readonly coordinator: Pick<Coordinator, 'run'>;
+  /** One routed cluster per ledger database, for reads and for the tokens handed out after a transfer. */
+  readonly ledgers: Readonly<Record<LedgerName, Cluster>>;
+  /**
+   * Transfers run at once; the others wait for their turn (a queue is fairer than a pile-up on
+   * the pools' connection timeouts). A transfer holds one connection to the coordinator's database
+   * and one to each ledger, so keep this below the coordinator's pool size. Default 8, for the
+   * default pool of 10.
+   */
+  readonly concurrency?: number;
+  /** Transfers that may wait for a turn; beyond that, 503 `TRANSFERS_BUSY`. Default 200. */
+  readonly queue?: number;
+}
+
+/** An account as the API shows it. */
+export interface Account {
+  readonly id: string;
+  readonly ledger: LedgerName;
+  readonly balance: number;
+  readonly updatedAt: string;
+}
+
+/** A committed transfer as `POST /transfers` answers it. */
+export interface Transfer {
+  readonly id: string;
+  readonly from: string;
+  readonly to: string;
+  readonly amount: number;
+  /** The distributed transaction that committed it. */
+  readonly transaction: string;
+  /**
+   * Ledgers whose COMMIT PREPARED has not gone through yet. The transfer is committed (the
+   * decision is recorded) and recovery finishes these within seconds, but until then a read of
+   * such a ledger may not show it, token or not.
+   */
+  readonly pending: readonly LedgerName[];
+}
+
+/** Largest amount one transfer may move. */
+export const MAX_TRANSFER_AMOUNT = 1_000_000;
+
+const accountId = z
+  .string()
+  .regex(/^[ab][0-9]{1,9}$/, 'must be an account id: a or b followed by digits, such as a3 or b7');
+
+const transferBody = z
+  .strictObject({
+    from: accountId,
+    to: accountId,
+    amount: z
+      .number()
+      .int('must be a whole number')
+      .min(1, 'must be at least 1')
+      .max(MAX_TRANSFER_AMOUNT, `must be at most ${MAX_TRANSFER_AMOUNT}`),
+  })
+  .superRefine((body, ctx) => {
+    if (body.from === body.to) {
+      ctx.addIssue({ code: 'custom', path: ['to'], message: 'must differ from from' });
+    } else if (body.from[0] === body.to[0]) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['to'],
+        message:
+          'must be in the other ledger (a… to b… or b… to a…): transfers here show two-phase commit across two databases',
+      });
+    }
+  });
+
+const transferQuery = z.strictObject({
+  mode: z
+    .enum(['2pc'], { error: 'must be 2pc (the saga mode is not available yet)' })
+    .default('2pc'),
+});
+
+const accountParam = z.strictObject({ id: accountId });
+
+interface AccountRow {
+  id: string;
+  balance: string;
+  updated_at: Date;
+}
+
+/** The errors a transfer may fail with on purpose: answered as they are, never as an aborted 2PC. */
+const TRANSFER_ERRORS = new Set(['NOT_FOUND', 'INSUFFICIENT_FUNDS']);
+
+const CHECK_VIOLATION = '23514';
+
+function ledgerOf(account: string): LedgerName {
+  return account.startsWith('a') ? LEDGERS.a : LEDGERS.b;
+}
+
+function noAccount(id: string): ReplikitError {
+  return new ReplikitError('NOT_FOUND', `no account ${id}`, { details: { account: id } });
+}
+
+/**
+ * Adds `delta` to an account's balance and records the transfer on that account's ledger. The
+ * balance check constraint refuses a balance below zero: the debit that would overdraw fails.
+ */
+async function post(
+  tx: DistributedTransaction,
+  transfer: { id: string; account: string; delta: number },
+): Promise<void> {
+  const ledger = ledgerOf(transfer.account);
+  try {
+    const { rowCount } = await tx.query(
+      ledger,
+      'update accounts set balance = balance + $1, updated_at = now() where id = $2',
+      [transfer.delta, transfer.account],
+    );
+    if (rowCount === 0) throw noAccount(transfer.account);
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== CHECK_VIOLATION) throw err;
+    throw new ReplikitError(
+      'INSUFFICIENT_FUNDS',
+      `account ${transfer.account} holds less than ${-transfer.delta}; nothing was transferred`,
+      { cause: err, details: { account: transfer.account, amount: -transfer.delta } },
+    );
+  }
+  await tx.query(ledger, 'insert into transfers (id, amount) values ($1, $2)', [
+    transfer.id,
+    transfer.delta,
+  ]);
+}
+
+/**
+ * What the client of a failed transfer is told. A business error raised inside the transaction
+ * comes out as the cause of `TWOPC_ABORTED`: it is answered as itself. The coordinator's own
+ * messages quote database errors, written for whoever runs the service (they are logged with the
+ * cause); the client learns what happened to its transfer and what it may do next.
+ */
+function forClient(err: unknown, id: string): unknown {
+  if (isBulkheadRejectedError(err)) {
+    return new ReplikitError(
+      'TRANSFERS_BUSY',
+      'too many transfers are waiting for their turn; nothing changed, try again shortly',
+      { cause: err },
+    );
+  }
+  if (!(err instanceof TwoPhaseError)) {
+    // The coordinator's own database could not give it a connection: it never began.
+    return isConnectionError(err)
+      ? new ReplikitError(
+          'TWOPC_ABORTED',
+          `transfer ${id} could not begin (the coordinator's database is unreachable); nothing changed, so sending it again is safe`,
+          { cause: err, details: { id } },
+        )
+      : err;
+  }
+  if (err.cause instanceof ReplikitError && TRANSFER_ERRORS.has(err.cause.code)) return err.cause;
+  const details = { id, transaction: err.details['transaction'] };
+  switch (err.code) {
+    case 'TWOPC_ABORTED':
+    case 'TWOPC_PREPARE_TIMEOUT':
+      return new ReplikitError(
+        err.code,
+        `transfer ${id} was rolled back on both ledgers (${err.code === 'TWOPC_ABORTED' ? 'a ledger failed' : 'a ledger took too long to prepare'}); nothing changed, so sending it again is safe`,
+        { cause: err, details },
+      );
+    case 'TWOPC_IN_DOUBT':
+      return new ReplikitError(
+        err.code,
+        `the outcome of transfer ${id} is not known yet: recovery commits or rolls back both ledgers within seconds; read both balances with X-Consistency: strong before sending it again`,
+        { cause: err, details },
+      );
+    default:
+      return err;
+  }
+}
+
+/**
+ * The two-phase commit demo: money moves between accounts of two ledger databases, atomically.
+ * Accounts are named after their ledger: `a1`…`a10` live in ledger A, `b1`…`b10` in ledger B.
+ *
+ * - `POST /transfers` `{ from, to, amount }` (`?mode=2pc`, the default and only mode) → 201
+ *   {@link Transfer}; both balances and a `transfers` row on each ledger change in one distributed
+ *   transaction, and the response's `X-Consistency-Token` covers both. `from` and `to` must be in
+ *   different ledgers; `amount` is a whole number from 1 to 1,000,000.
+ * - `GET /accounts/:id` → 200 {@link Account}, read through that ledger's cluster (routed by
+ *   `X-Consistency`, read-your-writes by default).
+ *
+ * Failures, as `application/problem+json`:
+ * - 400 `VALIDATION_FAILED`: malformed input, an unknown `mode`, `from` = `to`, or both in one ledger;
+ * - 404 `NOT_FOUND`: an account that does not exist (nothing changed);
+ * - 409 `INSUFFICIENT_FUNDS`: `from` holds less than `amount` (nothing changed; retry once it holds enough);
+ * - 503 `TWOPC_ABORTED` / `TWOPC_PREPARE_TIMEOUT`: a ledger failed or was too slow; everything was
+ *   rolled back, so sending the same transfer again is safe;
+ * - 503 `TRANSFERS_BUSY`: too many transfers queued (nothing changed; retry shortly);
+ * - 503 `TWOPC_IN_DOUBT`: the outcome is not known yet; recovery commits or rolls back both ledgers
+ *   within seconds. Do not send it again blindly: read both balances (`X-Consistency: strong`) first.
+ */
+export function transfersRouter(options: TransfersOptions & { readonly logger: Logger }): Router {
+  const { coordinator, ledgers, logger } = options;
+  const admission = bulkhead(options.concurrency ?? 8, options.queue ?? 200);
+  const router = Router();
+
+  router.post('/transfers', async (req, res) => {
+    parseInput(transferQuery, req.query, 'query');
+    const { from, to, amount } = parseInput(transferBody, req.body, 'body');
+    const id = randomUUID();
+    // Each side in ledger order (a, then b), whichever way the money goes: two transfers in
+    // opposite directions then lock their rows in the same order. In the other order they could
+    // each hold a row in one database and wait for the other's in the second, a deadlock neither
+    // server can see (each holds only half of it) that only lock_timeout would break, seconds later.
+    const sides = [
+      { id, account: from, delta: -amount },
+      { id, account: to, delta: amount },
+    ].sort((x, y) => ledgerOf(x.account).localeCompare(ledgerOf(y.account)));
+    let run: RunResult<void>;
+    try {
+      run = await admission.execute(() =>
+        coordinator.run(async (tx) => {
+          for (const side of sides) await post(tx, side);
+        }),
+      );
+    } catch (err) {
+      throw forClient(err, id);
+    }
+
+    // The commit went through the coordinator's own connections, not a cluster, so the session
+    // has no token for it yet. A WAL position read on the primary after COMMIT PREPARED returned
+    // is at or past that commit's record: a replica that has replayed it shows the transfer. The
+    // ledgers are databases on the same primary, one WAL, so `select 1` through each ledger's
+    // cluster (which takes its token after the statement) is all it takes. The `pending` ledgers
+    // have not committed yet: no token can cover them.
+    try {
+      await Promise.all(Object.values(ledgers).map((ledger) => ledger.write('select 1')));
+    } catch (err) {
+      // The transfer is committed: failing the request now would invite a second one.
+      logger.warn(
+        { err, transfer: id },
+        'no consistency token after a committed transfer; reads may not show it at once',
+      );
+    }
+    const transfer: Transfer = {
+      id,
+      from,
+      to,
+      amount,
+      transaction: run.transaction,
+      pending: run.pending as LedgerName[],
+    };
+    res.status(201).json(transfer);
+  });
+
+  router.get('/accounts/:id', async (req, res) => {
+    const { id } = parseInput(accountParam, req.params, 'path');
+    const ledger = ledgerOf(id);
+    const { rows } = await ledgers[ledger].read<AccountRow>(
+      'select id, balance::text as balance, updated_at from accounts where id = $1',
+      [id],
+    );
+    const row = rows[0];
+    if (row === undefined) throw noAccount(id);
+    const account: Account = {
+      id: row.id,
+      ledger,
+      balance: Number(row.balance),
+      updatedAt: row.updated_at.toISOString(),
+    };
+    res.json(account);
+  });
+
+  return router;
+}
