@@ -35,6 +35,7 @@ import { LocalStack } from '../stack/index.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { createMetricsRegistry } from '../telemetry/metrics.js';
 import { createRoutingMetrics } from '../telemetry/routing-metrics.js';
+import { createTwoPhaseMetrics } from '../telemetry/twopc-metrics.js';
 import { shutdownTelemetry, telemetryState } from '../telemetry/otel.js';
 import { createCoordinator } from '../twopc/index.js';
 
@@ -270,13 +271,16 @@ class Service {
     }
     signal.throwIfAborted();
 
+    const twoPhaseMetrics = createTwoPhaseMetrics(registry, { logger });
     const coordinator = createCoordinator({
       name: 'replikit-app',
       // Decisions are recorded in the service's own database: its commit is the commit point.
       coordinator: urls.primary,
       participants,
       logger: logger.child({ component: 'twopc' }),
+      observer: twoPhaseMetrics.observer,
     });
+    twoPhaseMetrics.attach(coordinator);
     this.#cleanups.push({ what: 'two-phase commit coordinator', run: () => coordinator.close() });
     await step('start the two-phase commit coordinator', () => coordinator.start());
     signal.throwIfAborted();
