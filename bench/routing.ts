@@ -30,6 +30,9 @@ import {
   type RouteReason,
 } from '../src/routing/index.js';
 import { LocalStack } from '../src/stack/index.js';
+import { median, ms, percentile, progressFor, table } from './support/report.js';
+
+const progress = progressFor('bench:routing');
 
 const { values } = parseArgs({
   options: {
@@ -84,24 +87,6 @@ process.once('SIGINT', () => {
   stop.abort();
 });
 
-function progress(line: string): void {
-  process.stderr.write(`[bench:routing] ${line}\n`);
-}
-
-function median(samples: ArrayLike<number>): number {
-  const sorted = Array.from(samples).sort((a, b) => a - b);
-  if (sorted.length === 0) return Number.NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-/** Nearest-rank percentile, `p` in (0, 1]. */
-function percentile(samples: ArrayLike<number>, p: number): number {
-  const sorted = Array.from(samples).sort((a, b) => a - b);
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)]!;
-}
-
 function mean(samples: ArrayLike<number>): number {
   let total = 0;
   for (let i = 0; i < samples.length; i++) total += samples[i]!;
@@ -114,15 +99,6 @@ function sum(record: Readonly<Record<string, number>>): number {
 
 function pct(part: number, whole: number): string {
   return whole === 0 ? '–' : `${((100 * part) / whole).toFixed(1)} %`;
-}
-
-function ms(value: number): string {
-  return value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2);
-}
-
-function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const line = (cells: readonly string[]): string => `| ${cells.join(' | ')} |`;
-  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
 }
 
 /**

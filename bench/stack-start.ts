@@ -13,16 +13,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { LocalStack } from '../src/stack/index.js';
+import { median } from './support/report.js';
 
 const { values } = parseArgs({
   options: { cold: { type: 'string', default: '3' }, warm: { type: 'string', default: '5' } },
 });
-
-function median(samples: readonly number[]): number {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 async function timed(fn: () => Promise<unknown>): Promise<number> {
   const started = performance.now();

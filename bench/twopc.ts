@@ -33,6 +33,9 @@ import {
   type TransactionEvent,
   type TwoPhasePhase,
 } from '../src/twopc/index.js';
+import { median, ms, percentile, progressFor, table } from './support/report.js';
+
+const progress = progressFor('bench:twopc');
 
 const { values } = parseArgs({
   options: {
@@ -95,34 +98,6 @@ process.once('SIGINT', () => {
   progress('interrupted: stopping after the current cell');
   stop.abort();
 });
-
-function progress(line: string): void {
-  process.stderr.write(`[bench:twopc] ${line}\n`);
-}
-
-function median(samples: ArrayLike<number>): number {
-  const sorted = Array.from(samples).sort((a, b) => a - b);
-  if (sorted.length === 0) return Number.NaN;
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-/** Nearest-rank percentile, `p` in (0, 1]. */
-function percentile(samples: ArrayLike<number>, p: number): number {
-  const sorted = Array.from(samples).sort((a, b) => a - b);
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)]!;
-}
-
-function ms(value: number): string {
-  if (Number.isNaN(value)) return '–';
-  return value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2);
-}
-
-function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
-  const line = (cells: readonly string[]): string => `| ${cells.join(' | ')} |`;
-  return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
-}
 
 function sqlState(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | undefined)?.code;

@@ -103,6 +103,16 @@ export interface RunResult<T> {
 
 const DECISIONS_TABLE = 'replikit_2pc_decisions';
 
+/** One participant's connection during a transaction. */
+interface ParticipantSession {
+  readonly client: pg.PoolClient;
+  /** Returns the connection to its pool; `broken` discards it. Safe to call twice. */
+  readonly release: (broken?: boolean) => void;
+  prepared: boolean;
+  /** False once a statement failed on it: later tries take a fresh connection from the pool. */
+  usable?: boolean;
+}
+
 const SCHEMA = `
   create table if not exists ${DECISIONS_TABLE} (
     transaction text primary key,
@@ -363,15 +373,7 @@ export class Coordinator {
         },
       );
     }
-    const opened = new Map<
-      string,
-      {
-        client: pg.PoolClient;
-        release: (broken?: boolean) => void;
-        prepared: boolean;
-        usable?: boolean;
-      }
-    >();
+    const opened = new Map<string, ParticipantSession>();
     let decided = false;
     let lockBroken = false;
     const timed = async <R>(phase: TwoPhasePhase, fn: () => Promise<R>): Promise<R> => {
@@ -472,18 +474,7 @@ export class Coordinator {
     }
   }
 
-  async #prepareAll(
-    transaction: string,
-    opened: Map<
-      string,
-      {
-        client: pg.PoolClient;
-        release: (broken?: boolean) => void;
-        prepared: boolean;
-        usable?: boolean;
-      }
-    >,
-  ): Promise<void> {
+  async #prepareAll(transaction: string, opened: Map<string, ParticipantSession>): Promise<void> {
     const timeoutMs = this.#options.prepareTimeoutMs ?? 5000;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -544,15 +535,7 @@ export class Coordinator {
   /** COMMIT PREPARED everywhere, a few tries each; returns the participants still pending. */
   async #commitAll(
     transaction: string,
-    opened: Map<
-      string,
-      {
-        client: pg.PoolClient;
-        release: (broken?: boolean) => void;
-        prepared: boolean;
-        usable?: boolean;
-      }
-    >,
+    opened: Map<string, ParticipantSession>,
   ): Promise<string[]> {
     const pending: string[] = [];
     await Promise.all(
@@ -601,11 +584,7 @@ export class Coordinator {
    * (every connection held by a transaction waiting for one more). After a failure there, the
    * connection is discarded and later tries use the pool.
    */
-  async #onParticipant(
-    participant: string,
-    entry: { client: pg.PoolClient; release: (broken?: boolean) => void; usable?: boolean },
-    sql: string,
-  ): Promise<void> {
+  async #onParticipant(participant: string, entry: ParticipantSession, sql: string): Promise<void> {
     if (entry.usable !== false) {
       try {
         await entry.client.query(sql);
@@ -620,18 +599,7 @@ export class Coordinator {
     await this.#participants.get(participant)!.query(sql);
   }
 
-  async #rollbackAll(
-    transaction: string,
-    opened: Map<
-      string,
-      {
-        client: pg.PoolClient;
-        release: (broken?: boolean) => void;
-        prepared: boolean;
-        usable?: boolean;
-      }
-    >,
-  ): Promise<void> {
+  async #rollbackAll(transaction: string, opened: Map<string, ParticipantSession>): Promise<void> {
     await Promise.all(
       [...opened].map(async ([participant, entry]) => {
         try {
