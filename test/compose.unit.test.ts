@@ -1215,7 +1215,7 @@ const checks: { name: string; check: (stack: Stack) => string[]; breakages: Brea
               a.startsWith('max_prepared_transactions=') ? 'max_prepared_transactions=8' : a,
             );
           }),
-        problem: /replica2: max_prepared_transactions must be at least the primary's 64/,
+        problem: /replica2: max_prepared_transactions must be at least the primary's 200/,
       },
       {
         why: "no init script creates a replica's slot",

@@ -73,7 +73,9 @@ describe('local stack', () => {
       'replica1',
       "select current_setting('wal_level') as wal_level, current_setting('max_prepared_transactions') as mpx, current_setting('hot_standby') as hot",
     );
-    expect(settings).toEqual({ wal_level: 'logical', mpx: '64', hot: 'on' });
+    expect(settings).toMatchObject({ wal_level: 'logical', hot: 'on' });
+    // 200 on stacks made now; a stack folder made by an earlier version keeps its 64.
+    expect(Number(settings?.mpx)).toBeGreaterThanOrEqual(64);
     const slots = await stack.query<{ slot_name: string; active: boolean }>(
       'primary',
       'select slot_name, active from pg_replication_slots order by slot_name',
