@@ -246,6 +246,30 @@ describe('monotonic reads', () => {
   });
 });
 
+describe('sticky window', () => {
+  it('reads from the primary within the window after a write, from replicas after it', async () => {
+    const session = newSession();
+    await withSession(session, async () => {
+      await bump(30);
+      const within = await cluster.read('select 1', [], {
+        consistency: { level: 'sticky-window', windowMs: 500 },
+      });
+      expect(within).toMatchObject({ servedBy: 'primary', reason: 'sticky_window' });
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      const after = await cluster.read('select 1', [], {
+        consistency: { level: 'sticky-window', windowMs: 500 },
+      });
+      expect(after.reason).toBe('any_replica');
+      expect(after.servedBy).toMatch(/^replica[12]$/);
+    });
+    // A session that never wrote is not stuck to the primary at all.
+    const fresh = await withSession(newSession(), () =>
+      cluster.read('select 1', [], { consistency: { level: 'sticky-window', windowMs: 60_000 } }),
+    );
+    expect(fresh.reason).toBe('any_replica');
+  });
+});
+
 describe('bounded staleness and rotation', () => {
   it('keeps to its bound: a replica delayed past it is not used', async () => {
     await stack.setApplyDelay('replica1', 1000);
