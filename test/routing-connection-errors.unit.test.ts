@@ -99,4 +99,13 @@ describe('isConnectionError', () => {
       { numRuns: 100 },
     );
   });
+
+  it("trusts a query error's SQLSTATE over a message that mentions a connection", () => {
+    // A relation may be named anything; the server's SQLSTATE says what went wrong.
+    expect(
+      isConnectionError(serverError('42P01', 'relation "connection terminated" does not exist')),
+    ).toBe(false);
+    // The control: pg's own message for a dropped connection, which carries no SQLSTATE, still counts.
+    expect(isConnectionError(new Error('Connection terminated unexpectedly'))).toBe(true);
+  });
 });

@@ -28,6 +28,9 @@ export function isConnectionError(err: unknown): boolean {
   if (typeof code === 'string') {
     if (NETWORK_CODES.has(code) || code.startsWith('08') || RETRYABLE_SQLSTATES.has(code))
       return true;
+    // The server answered with a SQLSTATE of another class: the query was at fault, whatever its
+    // message says (a relation may well be named "connection terminated").
+    if (/^[0-9A-Z]{5}$/.test(code)) return false;
   }
   return MESSAGES.some((pattern) => pattern.test(err.message));
 }
