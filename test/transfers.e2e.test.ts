@@ -12,6 +12,7 @@ import { createLogger } from '../src/telemetry/logger.js';
 import { createMetricsRegistry } from '../src/telemetry/metrics.js';
 import { createRoutingMetrics } from '../src/telemetry/routing-metrics.js';
 import { createCoordinator, type Coordinator } from '../src/twopc/index.js';
+import { jsonClient, problem } from './support/http.js';
 import { createTestDatabase, testStack, type TestDatabase } from './support/stack.js';
 
 let stack: LocalStack;
@@ -27,35 +28,7 @@ const ACCOUNTS = Array.from({ length: DEMO_ACCOUNTS.count }, (_, i) => [`a${i + 
   .flat()
   .sort();
 
-interface Response {
-  status: number;
-  headers: Headers;
-  body: unknown;
-}
-
-async function call(
-  method: string,
-  path: string,
-  options: { body?: unknown; raw?: string; type?: string; headers?: Record<string, string> } = {},
-): Promise<Response> {
-  const init: RequestInit = { method, headers: { ...options.headers } };
-  if (options.body !== undefined || options.raw !== undefined) {
-    init.body = options.raw ?? JSON.stringify(options.body);
-    (init.headers as Record<string, string>)['content-type'] = options.type ?? 'application/json';
-  }
-  const response = await fetch(`${base}${path}`, init);
-  const text = await response.text();
-  return {
-    status: response.status,
-    headers: response.headers,
-    body: text === '' ? undefined : (JSON.parse(text) as unknown),
-  };
-}
-
-function problem(response: Response) {
-  expect(response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-  return response.body as { status: number; code?: string; detail: string };
-}
+const call = jsonClient(() => base);
 
 /** Straight from each ledger's primary, bypassing the service. */
 async function primaryQuery<T extends Record<string, unknown>>(

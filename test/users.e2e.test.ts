@@ -14,6 +14,7 @@ import {
   type MetricsRegistry,
 } from '../src/telemetry/metrics.js';
 import { createRoutingMetrics } from '../src/telemetry/routing-metrics.js';
+import { jsonClient, problem } from './support/http.js';
 import { createTestDatabase, testStack, type TestDatabase } from './support/stack.js';
 
 let stack: LocalStack;
@@ -37,24 +38,7 @@ function uniqueEmail(): string {
   return `user${emails}-${Date.now()}@example.com`;
 }
 
-async function call(
-  method: string,
-  path: string,
-  options: { body?: unknown; raw?: string; headers?: Record<string, string> } = {},
-): Promise<{ status: number; headers: Headers; body: unknown }> {
-  const init: RequestInit = { method, headers: { ...options.headers } };
-  if (options.body !== undefined || options.raw !== undefined) {
-    init.body = options.raw ?? JSON.stringify(options.body);
-    (init.headers as Record<string, string>)['content-type'] = 'application/json';
-  }
-  const response = await fetch(`${base}${path}`, init);
-  const text = await response.text();
-  return {
-    status: response.status,
-    headers: response.headers,
-    body: text === '' ? undefined : (JSON.parse(text) as unknown),
-  };
-}
+const call = jsonClient(() => base);
 
 async function createUser(): Promise<{ user: UserBody; token: string }> {
   const created = await call('POST', '/users', { body: { name: 'Ada', email: uniqueEmail() } });
@@ -96,11 +80,6 @@ async function cycles(count: number, consistency: string, concurrency = 25) {
     }),
   );
   return { stale, servedBy };
-}
-
-function problem(response: { status: number; headers: Headers; body: unknown }) {
-  expect(response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-  return response.body as { status: number; code?: string; detail: string; title: string };
 }
 
 beforeAll(async () => {
