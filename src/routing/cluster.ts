@@ -2,6 +2,7 @@ import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opente
 import { CircuitState } from 'cockatiel';
 import pg from 'pg';
 
+import { checkout, type DatabaseConnection } from '../db/checkout.js';
 import { DEFAULT_CONSISTENCY, type Consistency } from './consistency.js';
 import {
   encodeToken,
@@ -25,7 +26,7 @@ import type { RouteReason, RoutingObserver } from './routing-observer.js';
 import { currentSession, recordToken } from './session.js';
 
 /** A node to connect to: a connection string, or a `pg` pool configuration. */
-export type NodeConnection = string | pg.PoolConfig;
+export type NodeConnection = DatabaseConnection;
 
 /** Options for {@link createCluster}. */
 export interface ClusterOptions {
@@ -138,24 +139,17 @@ function clientConfig(connection: NodeConnection): pg.ClientConfig {
   return typeof connection === 'string' ? { connectionString: connection } : connection;
 }
 
-/**
- * Checks a client out of `pool` for `fn`. A checked-out client has no error listener of the
- * pool's, and a server that goes away mid-query makes it emit one: swallow it here (the query
- * rejects anyway) and hand the broken client back to be discarded.
- */
+/** Runs `fn` on a client checked out of `pool`; one that failed on its connection is discarded. */
 async function withClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  const ignore = (): void => undefined;
-  client.on('error', ignore);
-  let broken: Error | undefined;
+  const { client, release } = await checkout(pool);
+  let broken = false;
   try {
     return await fn(client);
   } catch (err) {
-    if (isConnectionError(err)) broken = err as Error;
+    broken = isConnectionError(err);
     throw err;
   } finally {
-    client.off('error', ignore);
-    client.release(broken);
+    release(broken);
   }
 }
 

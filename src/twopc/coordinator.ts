@@ -2,11 +2,9 @@ import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/ap
 import { ExponentialBackoff, handleWhen, retry } from 'cockatiel';
 import pg from 'pg';
 
+import { checkout, type DatabaseConnection } from '../db/checkout.js';
 import { formatGid, GID_PREFIX, isGidName, newTransactionId, parseGid } from './gid.js';
 import { TwoPhaseError } from './twopc-error.js';
-
-/** A database to connect to: a connection string, or a `pg` pool configuration. */
-export type DatabaseConnection = string | pg.PoolConfig;
 
 /** The phases of a distributed transaction, as metrics and spans name them. */
 export type TwoPhasePhase = 'work' | 'prepare' | 'decide' | 'commit';
@@ -160,25 +158,6 @@ function poolFor(
   });
   pool.on('error', onIdleError);
   return pool;
-}
-
-/** A checked-out client whose error event cannot crash the process (the query rejects anyway). */
-async function checkout(
-  pool: pg.Pool,
-): Promise<{ client: pg.PoolClient; release: (broken?: boolean) => void }> {
-  const client = await pool.connect();
-  const ignore = (): void => undefined;
-  client.on('error', ignore);
-  let released = false;
-  return {
-    client,
-    release: (broken = false) => {
-      if (released) return;
-      released = true;
-      client.off('error', ignore);
-      client.release(broken);
-    },
-  };
 }
 
 /**

@@ -1,8 +1,8 @@
+export type { DatabaseConnection } from '../db/checkout.js';
 export {
   Coordinator,
   createCoordinator,
   type CoordinatorOptions,
-  type DatabaseConnection,
   type DistributedTransaction,
   type RecoveryReport,
   type RunResult,
