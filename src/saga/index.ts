@@ -1,0 +1,52 @@
+export {
+  defineSaga,
+  sagaKey,
+  type CompensationContext,
+  type InputSchema,
+  type Json,
+  type LocalStep,
+  type RemoteStep,
+  type SagaContext,
+  type SagaDefinition,
+  type SagaDefinitionOptions,
+  type SagaFailure,
+  type SagaStep,
+  type SagaTransaction,
+  type StepContext,
+  type StepRetryOptions,
+} from './define-saga.js';
+export {
+  createSagaEngine,
+  SagaEngine,
+  type SagaDetails,
+  type SagaEngineOptions,
+  type SagaFinishedEvent,
+  type SagaObserver,
+  type SagaStats,
+  type ServiceOptions,
+  type StartSagaOptions,
+  type StartSagaResult,
+  type StepEvent,
+  type StepEventOutcome,
+} from './saga-engine.js';
+export { SagaError, StepRejected, type SagaErrorCode } from './saga-error.js';
+export {
+  SAGA_MIGRATIONS,
+  type SagaCounts,
+  type SagaListFilter,
+  type SagaRecord,
+  type StepRecord,
+} from './saga-log.js';
+export {
+  compensationPlan,
+  nextAction,
+  TERMINAL_STATUSES,
+  transition,
+  type AttemptOutcome,
+  type SagaAction,
+  type SagaAttention,
+  type SagaState,
+  type SagaStatus,
+  type StepLogEntry,
+  type Transition,
+} from './saga-state.js';

@@ -1,0 +1,463 @@
+import { ExponentialBackoff, type IBackoff, type IRetryBackoffContext } from 'cockatiel';
+
+import type { Json, SagaDefinition, SagaFailure, StepRetryOptions } from './define-saga.js';
+
+/**
+ * Where a saga is:
+ * - `running`: steps are running forward;
+ * - `compensating`: undoing completed steps in reverse order;
+ * - `completed`, `compensated`: finished;
+ * - `needs_attention`: a compensation (or a step after the pivot) kept failing; a person decides,
+ *   then retries it.
+ */
+export type SagaStatus =
+  'running' | 'compensating' | 'completed' | 'compensated' | 'needs_attention';
+
+/** Statuses a saga never leaves. */
+export const TERMINAL_STATUSES: readonly SagaStatus[] = ['completed', 'compensated'];
+
+/** Why a saga needs attention. */
+export interface SagaAttention {
+  /** `forward` when a step after the pivot kept failing, `compensate` when a compensation did. */
+  readonly phase: 'forward' | 'compensate';
+  readonly step: string;
+  readonly message: string;
+}
+
+/**
+ * Everything needed to resume a saga, as saved in its log row: any process can continue from it.
+ * Step records in the log are for people; this state alone decides what happens next.
+ */
+export interface SagaState {
+  readonly status: SagaStatus;
+  /** While running: the index of the step to run next. */
+  readonly stepIndex: number;
+  /** The attempt number of the pending step or compensation (1 for the first). */
+  readonly attempt: number;
+  /** Outputs of completed steps by name; a step that returned nothing has `null`. */
+  readonly outputs: Readonly<Record<string, Json>>;
+  readonly failure: SagaFailure | null;
+  /** Indices of the steps still to compensate, the next one first. */
+  readonly pending: readonly number[];
+  readonly attention: SagaAttention | null;
+}
+
+/** What to do next with a saga. */
+export type SagaAction =
+  | { readonly kind: 'run'; readonly index: number }
+  | { readonly kind: 'compensate'; readonly index: number }
+  /** Nothing left to run: write the final checkpoint (and the definition's hook). */
+  | { readonly kind: 'finish'; readonly status: 'completed' | 'compensated' }
+  /** Finished or waiting for a person. */
+  | { readonly kind: 'none' };
+
+/** How one attempt of a step or compensation ended. */
+export type AttemptOutcome =
+  | { readonly kind: 'completed'; readonly output: Json }
+  /** The step said it did nothing, for a business reason. */
+  | { readonly kind: 'rejected'; readonly reason: string; readonly message: string }
+  /** It failed in a way that may or may not have had an effect. */
+  | { readonly kind: 'failed'; readonly message: string }
+  /** Its service's circuit breaker is open: it did not run. */
+  | { readonly kind: 'circuit_open'; readonly parkMs: number };
+
+/** One row of the step log: a step's forward run or its compensation. */
+export interface StepLogEntry {
+  readonly index: number;
+  readonly phase: 'run' | 'compensate';
+  readonly name: string;
+  readonly status: 'running' | 'completed' | 'rejected' | 'failed' | 'retrying' | 'parked';
+  readonly attempts: number;
+  readonly output?: Json;
+  readonly error?: Json;
+  readonly finished: boolean;
+}
+
+/** A state change, with the log rows to write in the same statement and the durable delay before the next action. */
+export interface Transition {
+  readonly state: SagaState;
+  readonly log: readonly StepLogEntry[];
+  /** Milliseconds before the next action may run; saved as the saga's `next_attempt_at`. */
+  readonly delayMs: number;
+}
+
+const DEFAULT_STEP_ATTEMPTS = 3;
+const DEFAULT_COMPENSATION_ATTEMPTS = 5;
+const DEFAULT_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 10_000 });
+
+/** The state a new saga starts in, and the intent of its first step. */
+export function initialTransition(definition: SagaDefinition<unknown>): Transition {
+  const first = definition.steps[0];
+  if (first === undefined) throw new RangeError('a saga needs at least one step');
+  return {
+    state: {
+      status: 'running',
+      stepIndex: 0,
+      attempt: 1,
+      outputs: {},
+      failure: null,
+      pending: [],
+      attention: null,
+    },
+    log: [intent(0, 'run', first.name, 1)],
+    delayMs: 0,
+  };
+}
+
+/** What to do next, from the saved state alone. */
+export function nextAction(definition: SagaDefinition<unknown>, state: SagaState): SagaAction {
+  switch (state.status) {
+    case 'running':
+      return state.stepIndex < definition.steps.length
+        ? { kind: 'run', index: state.stepIndex }
+        : { kind: 'finish', status: 'completed' };
+    case 'compensating': {
+      const next = state.pending[0];
+      return next === undefined
+        ? { kind: 'finish', status: 'compensated' }
+        : { kind: 'compensate', index: next };
+    }
+    default:
+      return { kind: 'none' };
+  }
+}
+
+/**
+ * The steps to compensate when the saga fails at step `failedIndex`, in the order to undo them:
+ * the failed step first when its outcome is unknown (it may have had an effect), then every step
+ * before it, latest first. Steps without a compensation (the pivot) are skipped.
+ */
+export function compensationPlan(
+  definition: SagaDefinition<unknown>,
+  failedIndex: number,
+  failedOutcomeUnknown: boolean,
+): number[] {
+  const plan: number[] = [];
+  for (let index = Math.min(failedIndex, definition.steps.length - 1); index >= 0; index--) {
+    if (index === failedIndex && !failedOutcomeUnknown) continue;
+    if (definition.steps[index]?.compensate !== undefined) plan.push(index);
+  }
+  return plan;
+}
+
+/** The delay before attempt `attempt + 1`, from the step's backoff. */
+export function retryDelay(
+  options: StepRetryOptions | undefined,
+  attempt: number,
+  error: Error,
+): number {
+  const factory = options?.backoff ?? DEFAULT_BACKOFF;
+  const signal = new AbortController().signal;
+  const at = (n: number): IRetryBackoffContext<unknown> => ({
+    attempt: n,
+    result: { error },
+    signal,
+  });
+  let backoff: IBackoff<IRetryBackoffContext<unknown>> = factory.next(at(1));
+  for (let n = 2; n <= attempt; n++) backoff = backoff.next(at(n));
+  return Math.max(0, Math.round(backoff.duration));
+}
+
+function intent(
+  index: number,
+  phase: 'run' | 'compensate',
+  name: string,
+  attempts: number,
+): StepLogEntry {
+  return { index, phase, name, status: 'running', attempts, finished: false };
+}
+
+function stepName(definition: SagaDefinition<unknown>, index: number): string {
+  const step = definition.steps[index];
+  if (step === undefined) throw new RangeError(`saga ${definition.key} has no step ${index}`);
+  return step.name;
+}
+
+/** Starts compensating (or finishes at once when there is nothing to undo). */
+function beginCompensation(
+  definition: SagaDefinition<unknown>,
+  state: SagaState,
+  plan: number[],
+  failure: SagaFailure,
+  log: StepLogEntry[],
+): Transition {
+  const first = plan[0];
+  if (first !== undefined) log.push(intent(first, 'compensate', stepName(definition, first), 1));
+  return {
+    state: {
+      ...state,
+      status: 'compensating',
+      attempt: 1,
+      failure,
+      pending: plan,
+      attention: null,
+    },
+    log,
+    delayMs: 0,
+  };
+}
+
+/**
+ * The state after an attempt of the saga's current action ended with `outcome`. Pure: the engine
+ * writes the result as one checkpoint, fenced by the saga's lease epoch.
+ */
+export function transition(
+  definition: SagaDefinition<unknown>,
+  state: SagaState,
+  action: SagaAction,
+  outcome: AttemptOutcome,
+): Transition {
+  if (action.kind === 'run') return afterStep(definition, state, action.index, outcome);
+  if (action.kind === 'compensate')
+    return afterCompensation(definition, state, action.index, outcome);
+  throw new RangeError(`no attempt to record for a "${action.kind}" action`);
+}
+
+/** The final state once the saga has nothing left to run. */
+export function finishTransition(
+  state: SagaState,
+  status: 'completed' | 'compensated',
+): Transition {
+  return {
+    state: { ...state, status, attempt: 0, pending: [], attention: null },
+    log: [],
+    delayMs: 0,
+  };
+}
+
+function afterStep(
+  definition: SagaDefinition<unknown>,
+  state: SagaState,
+  index: number,
+  outcome: AttemptOutcome,
+): Transition {
+  const step = definition.steps[index];
+  if (step === undefined) throw new RangeError(`saga ${definition.key} has no step ${index}`);
+  const attempts = state.attempt;
+  switch (outcome.kind) {
+    case 'completed': {
+      const log: StepLogEntry[] = [
+        {
+          index,
+          phase: 'run',
+          name: step.name,
+          status: 'completed',
+          attempts,
+          output: outcome.output,
+          finished: true,
+        },
+      ];
+      const next = definition.steps[index + 1];
+      if (next !== undefined) log.push(intent(index + 1, 'run', next.name, 1));
+      return {
+        state: {
+          ...state,
+          stepIndex: index + 1,
+          attempt: next === undefined ? 0 : 1,
+          outputs: { ...state.outputs, [step.name]: outcome.output },
+        },
+        log,
+        delayMs: 0,
+      };
+    }
+    case 'circuit_open':
+      return {
+        state,
+        log: [
+          { index, phase: 'run', name: step.name, status: 'parked', attempts, finished: false },
+        ],
+        delayMs: outcome.parkMs,
+      };
+    case 'rejected':
+    case 'failed': {
+      const error = { kind: outcome.kind, message: outcome.message };
+      const maxAttempts = step.retry?.maxAttempts ?? DEFAULT_STEP_ATTEMPTS;
+      const pastPivot = index > definition.pivotIndex;
+      // A rejection is final: retrying cannot change a business answer. Past the pivot there is no
+      // going back, so a step there is retried however it failed, until its budget runs out.
+      if (outcome.kind === 'failed' || pastPivot) {
+        if (attempts < maxAttempts) {
+          return {
+            state: { ...state, attempt: attempts + 1 },
+            log: [
+              {
+                index,
+                phase: 'run',
+                name: step.name,
+                status: 'retrying',
+                attempts: attempts + 1,
+                error,
+                finished: false,
+              },
+            ],
+            delayMs: retryDelay(step.retry, attempts, new Error(outcome.message)),
+          };
+        }
+        if (pastPivot) {
+          return {
+            state: {
+              ...state,
+              status: 'needs_attention',
+              attention: { phase: 'forward', step: step.name, message: outcome.message },
+            },
+            log: [
+              {
+                index,
+                phase: 'run',
+                name: step.name,
+                status: 'failed',
+                attempts,
+                error,
+                finished: true,
+              },
+            ],
+            delayMs: 0,
+          };
+        }
+      }
+      const rejected = outcome.kind === 'rejected';
+      const failure: SagaFailure = {
+        step: step.name,
+        reason: rejected ? outcome.reason : 'retries_exhausted',
+        message: outcome.message,
+      };
+      const log: StepLogEntry[] = [
+        {
+          index,
+          phase: 'run',
+          name: step.name,
+          status: rejected ? 'rejected' : 'failed',
+          attempts,
+          error,
+          finished: true,
+        },
+      ];
+      return beginCompensation(
+        definition,
+        state,
+        compensationPlan(definition, index, !rejected),
+        failure,
+        log,
+      );
+    }
+  }
+}
+
+function afterCompensation(
+  definition: SagaDefinition<unknown>,
+  state: SagaState,
+  index: number,
+  outcome: AttemptOutcome,
+): Transition {
+  const step = definition.steps[index];
+  if (step === undefined) throw new RangeError(`saga ${definition.key} has no step ${index}`);
+  const attempts = state.attempt;
+  switch (outcome.kind) {
+    case 'completed': {
+      const pending = state.pending.filter((candidate) => candidate !== index);
+      const log: StepLogEntry[] = [
+        {
+          index,
+          phase: 'compensate',
+          name: step.name,
+          status: 'completed',
+          attempts,
+          finished: true,
+        },
+      ];
+      const next = pending[0];
+      if (next !== undefined) log.push(intent(next, 'compensate', stepName(definition, next), 1));
+      return { state: { ...state, attempt: next === undefined ? 0 : 1, pending }, log, delayMs: 0 };
+    }
+    case 'circuit_open':
+      return {
+        state,
+        log: [
+          {
+            index,
+            phase: 'compensate',
+            name: step.name,
+            status: 'parked',
+            attempts,
+            finished: false,
+          },
+        ],
+        delayMs: outcome.parkMs,
+      };
+    case 'rejected':
+    case 'failed': {
+      // A compensation is retried until it succeeds; "rejected" means nothing here.
+      const error = { kind: outcome.kind, message: outcome.message };
+      const maxAttempts = step.compensationRetry?.maxAttempts ?? DEFAULT_COMPENSATION_ATTEMPTS;
+      if (attempts < maxAttempts) {
+        return {
+          state: { ...state, attempt: attempts + 1 },
+          log: [
+            {
+              index,
+              phase: 'compensate',
+              name: step.name,
+              status: 'retrying',
+              attempts: attempts + 1,
+              error,
+              finished: false,
+            },
+          ],
+          delayMs: retryDelay(step.compensationRetry, attempts, new Error(outcome.message)),
+        };
+      }
+      return {
+        state: {
+          ...state,
+          status: 'needs_attention',
+          attention: { phase: 'compensate', step: step.name, message: outcome.message },
+        },
+        log: [
+          {
+            index,
+            phase: 'compensate',
+            name: step.name,
+            status: 'failed',
+            attempts,
+            error,
+            finished: true,
+          },
+        ],
+        delayMs: 0,
+      };
+    }
+  }
+}
+
+/**
+ * The state after a person asks for compensation of a saga that is running or needs attention.
+ *
+ * @returns undefined when the saga is past its pivot (it can no longer be undone) or finished.
+ */
+export function forcedCompensation(
+  definition: SagaDefinition<unknown>,
+  state: SagaState,
+): Transition | undefined {
+  if (state.status === 'compensating') return { state, log: [], delayMs: 0 };
+  if (state.status === 'needs_attention' && state.attention?.phase === 'compensate')
+    return resumeTransition(state);
+  if (state.status !== 'running' && state.status !== 'needs_attention') return undefined;
+  if (state.stepIndex > definition.pivotIndex) return undefined;
+  const index = Math.min(state.stepIndex, definition.steps.length - 1);
+  const name = stepName(definition, index);
+  // The current step may be running in another process right now: its outcome is unknown.
+  const plan = compensationPlan(definition, index, !(name in state.outputs));
+  return beginCompensation(
+    definition,
+    state,
+    plan,
+    { step: name, reason: 'compensation_requested', message: 'compensation was requested' },
+    [],
+  );
+}
+
+/** The state after a person retries a saga that needs attention: the failed action runs again with a fresh budget. */
+export function resumeTransition(state: SagaState): Transition {
+  const status = state.attention?.phase === 'compensate' ? 'compensating' : 'running';
+  return { state: { ...state, status, attempt: 1, attention: null }, log: [], delayMs: 0 };
+}
