@@ -27,6 +27,15 @@ function localStackEnv(dir: string, extra: NodeJS.ProcessEnv = {}): NodeJS.Proce
   };
 }
 
+/** The order demo's databases, in the order of {@link ORDER_VARIABLES}; created once for the file. */
+let orderDbs: readonly TestDatabase[] = [];
+const ORDER_VARIABLES = [
+  'REPLIKIT_ORDERS_DATABASE',
+  'REPLIKIT_PAYMENTS_DATABASE',
+  'REPLIKIT_INVENTORY_DATABASE',
+  'REPLIKIT_SHIPPING_DATABASE',
+] as const;
+
 /**
  * Environment for a child that uses the test stack's servers: `db` for the service, and the
  * ledger databases of the transfers demo when given (else they are named after `db`).
@@ -43,6 +52,9 @@ function externalEnv(
       .join(','),
     REPLIKIT_LEDGER_A_DATABASE: ledgers?.[0].name ?? '',
     REPLIKIT_LEDGER_B_DATABASE: ledgers?.[1].name ?? '',
+    ...Object.fromEntries(
+      ORDER_VARIABLES.map((variable, i) => [variable, orderDbs[i]?.name ?? '']),
+    ),
     PORT: '0',
     LOG_LEVEL: 'info',
     OTEL_EXPORTER_OTLP_ENDPOINT: '',
@@ -117,6 +129,11 @@ describe('with existing servers', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase('start');
+    orderDbs = await Promise.all(
+      ['orders', 'payments', 'inventory', 'shipping'].map((name) =>
+        createTestDatabase(`start_${name}`),
+      ),
+    );
     ledgers = [
       await createTestDatabase('start_ledger_a'),
       await createTestDatabase('start_ledger_b'),
@@ -124,7 +141,12 @@ describe('with existing servers', () => {
   });
 
   afterAll(async () => {
-    await Promise.all([db.drop(), ...ledgers.map((ledger) => ledger.drop())]);
+    await Promise.all([
+      db.drop(),
+      ...ledgers.map((ledger) => ledger.drop()),
+      ...orderDbs.map((other) => other.drop()),
+    ]);
+    orderDbs = [];
   });
 
   it('migrates, serves, and on Ctrl-C closes its connections and exits 0', async () => {

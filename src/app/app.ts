@@ -10,10 +10,12 @@ import {
   requireJsonBody,
 } from '../http/problem-details.js';
 import { requestTelemetry } from '../http/request-telemetry.js';
+import { sagaAdminRouter } from '../http/sagas.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { MetricsRegistry } from '../telemetry/metrics.js';
 import type { Cluster } from '../routing/index.js';
 import type { Config } from './config.js';
+import { ordersRouter, type OrdersOptions } from './orders/routes.js';
 import { transfersRouter, type TransfersOptions } from './transfers.js';
 import { usersRouter } from './users.js';
 
@@ -32,6 +34,10 @@ export interface AppOptions {
   readonly readinessTimeoutMs?: CheckReadinessOptions['timeoutMs'];
   /** The two-phase commit demo (`/transfers`, `/accounts`); not mounted when absent. */
   readonly transfers?: TransfersOptions;
+  /** The saga demo (`/orders`) and the saga admin API (`/sagas`); not mounted when absent. */
+  readonly orders?: OrdersOptions & {
+    readonly engine: OrdersOptions['engine'] & Parameters<typeof sagaAdminRouter>[0];
+  };
 }
 
 /**
@@ -41,8 +47,8 @@ export interface AppOptions {
  * - `GET /healthz` — 200 `{ status: 'ok' }` while the process runs;
  * - `GET /readyz` — 200 when the primary answers within the deadline, else 503; lists every node;
  * - `GET /metrics` — Prometheus text, or OpenMetrics when asked for;
- * - the demo resources: `/users` (read routing) and, given `transfers`, `/transfers` and
- *   `/accounts` (two-phase commit);
+ * - the demo resources: `/users` (read routing); given `transfers`, `/transfers` and
+ *   `/accounts` (two-phase commit); given `orders`, `/orders` (sagas) and `/sagas` (their admin API);
  * - any error, unknown route or unreadable body — `application/problem+json`.
  *
  * ```ts
@@ -88,6 +94,10 @@ export function createApp(options: AppOptions): express.Express {
   app.use(consistencyMiddleware());
   app.use(usersRouter(cluster));
   if (options.transfers !== undefined) app.use(transfersRouter({ ...options.transfers, logger }));
+  if (options.orders !== undefined) {
+    app.use(ordersRouter({ ...options.orders, logger }));
+    app.use(sagaAdminRouter(options.orders.engine));
+  }
 
   app.use(notFoundHandler());
   app.use(problemDetailsMiddleware({ logger }));

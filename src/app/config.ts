@@ -27,13 +27,19 @@ const databaseName = z
 const MAX_IDENTIFIER_BYTES = 63;
 
 /**
- * The ledger databases of the transfers demo, and the suffix that names each after the service's
- * own database when its variable is unset.
+ * The demo's other databases (the transfers demo's two ledgers, the order demo's four services),
+ * and the suffix that names each after the service's own database when its variable is unset.
  */
-const LEDGER_DATABASES = [
+const DERIVED_DATABASES = [
   { variable: 'REPLIKIT_LEDGER_A_DATABASE', suffix: '_ledger_a' },
   { variable: 'REPLIKIT_LEDGER_B_DATABASE', suffix: '_ledger_b' },
+  { variable: 'REPLIKIT_ORDERS_DATABASE', suffix: '_orders' },
+  { variable: 'REPLIKIT_PAYMENTS_DATABASE', suffix: '_payments' },
+  { variable: 'REPLIKIT_INVENTORY_DATABASE', suffix: '_inventory' },
+  { variable: 'REPLIKIT_SHIPPING_DATABASE', suffix: '_shipping' },
 ] as const;
+
+type DerivedDatabase = (typeof DERIVED_DATABASES)[number]['variable'];
 
 /** One replica the service reads from, as listed in `REPLIKIT_REPLICA_URLS`. */
 export interface ReplicaUrl {
@@ -146,6 +152,26 @@ export const configSchema = z
      */
     REPLIKIT_LEDGER_A_DATABASE: databaseName.optional(),
     REPLIKIT_LEDGER_B_DATABASE: databaseName.optional(),
+    /**
+     * The order demo's databases, one per service (the orders one also holds the saga log).
+     * Default: the service's database name + `_orders`, `_payments`, `_inventory`, `_shipping`.
+     */
+    REPLIKIT_ORDERS_DATABASE: databaseName.optional(),
+    REPLIKIT_PAYMENTS_DATABASE: databaseName.optional(),
+    REPLIKIT_INVENTORY_DATABASE: databaseName.optional(),
+    REPLIKIT_SHIPPING_DATABASE: databaseName.optional(),
+    /**
+     * Honour `faults` in `POST /orders` (a failure or delay injected at a named step), for tests
+     * and demos. Off unless `true` or `1`.
+     */
+    REPLIKIT_DEMO_FAULTS: z
+      .enum(['true', 'false', '1', '0'], { error: 'must be true or false' })
+      .default('false')
+      .transform((value) => value === 'true' || value === '1'),
+    /** How long `POST /orders` waits for its saga before answering 202 instead of 201. */
+    REPLIKIT_ORDER_WAIT_MS: wholeNumber(0, 60_000).default(1_000),
+    /** A saga's lease: another process resumes the sagas of one that died within about this long. */
+    REPLIKIT_SAGA_LEASE_MS: wholeNumber(100, 3_600_000).default(15_000),
     REPLIKIT_STACK_DIR: z.string().trim().min(1).default('.replikit'),
     REPLIKIT_STACK_PORT: wholeNumber(1, 65_535).optional(),
     REPLIKIT_PG_BIN: z.string().trim().min(1).optional(),
@@ -191,13 +217,13 @@ export const configSchema = z
     const source = external ? 'REPLIKIT_PRIMARY_URL' : 'REPLIKIT_DATABASE';
     const fail = (variable: string, message: string): void =>
       ctx.addIssue({ code: 'custom', path: [variable], message });
-    const ledger = ({ variable, suffix }: (typeof LEDGER_DATABASES)[number]): string => {
+    const derive = ({ variable, suffix }: (typeof DERIVED_DATABASES)[number]): string => {
       const given = config[variable];
       if (given !== undefined) return given;
       if (own === undefined) {
         fail(
           source,
-          `names no database, so the ledger databases cannot be named after it; add the database to the URL or set ${variable}`,
+          `names no database, so the demo's other databases cannot be named after it; add the database to the URL or set ${variable}`,
         );
         return '';
       }
@@ -205,21 +231,29 @@ export const configSchema = z
       if (new TextEncoder().encode(derived).length > MAX_IDENTIFIER_BYTES) {
         fail(
           source,
-          `is too long to name the ledger databases after it (${derived} is over PostgreSQL's ${MAX_IDENTIFIER_BYTES}-byte limit); use a shorter name or set ${variable}`,
+          `is too long to name the demo's other databases after it (${derived} is over PostgreSQL's ${MAX_IDENTIFIER_BYTES}-byte limit); use a shorter name or set ${variable}`,
         );
       }
       return derived;
     };
-    const a = ledger(LEDGER_DATABASES[0]);
-    const b = ledger(LEDGER_DATABASES[1]);
-    if (a === own && own !== undefined) {
-      fail('REPLIKIT_LEDGER_A_DATABASE', "must not be the service's own database");
-    } else if (b === own && own !== undefined) {
-      fail('REPLIKIT_LEDGER_B_DATABASE', "must not be the service's own database");
-    } else if (a === b && a !== '') {
-      fail('REPLIKIT_LEDGER_B_DATABASE', 'must differ from REPLIKIT_LEDGER_A_DATABASE');
+    const derived = {} as Record<DerivedDatabase, string>;
+    const taken = new Map<string, string>();
+    for (const entry of DERIVED_DATABASES) {
+      const name = derive(entry);
+      derived[entry.variable] = name;
+      if (name === '') continue;
+      if (name === own) {
+        fail(entry.variable, "must not be the service's own database");
+        break;
+      }
+      const other = taken.get(name);
+      if (other !== undefined) {
+        fail(entry.variable, `must differ from ${other}`);
+        break;
+      }
+      taken.set(name, entry.variable);
     }
-    return { ...config, REPLIKIT_LEDGER_A_DATABASE: a, REPLIKIT_LEDGER_B_DATABASE: b };
+    return { ...config, ...derived };
   });
 
 /** The validated configuration, as {@link loadConfig} returns it. */

@@ -3,12 +3,12 @@
  *
  * 1. reads the configuration; a bad value ends the process with exit code 2 and one line naming it;
  * 2. unless `REPLIKIT_PRIMARY_URL` and `REPLIKIT_REPLICA_URLS` name existing servers, starts the
- *    local stack and creates `REPLIKIT_DATABASE` and the two ledger databases on it (existing
- *    servers must have the ledger databases already);
- * 3. applies the schema migrations to the service's database and to each ledger, waits for the
- *    replicas to replay them;
+ *    local stack and creates `REPLIKIT_DATABASE`, the two ledger databases and the order demo's
+ *    four databases on it (existing servers must have them already);
+ * 3. applies the schema migrations to each of them, waits for the replicas to replay them;
  * 4. starts the two-phase commit coordinator of the transfers demo, which resolves any
- *    transaction an earlier run left prepared;
+ *    transaction an earlier run left prepared, and the saga engine of the order demo, which
+ *    resumes any saga an earlier run left unfinished;
  * 5. serves HTTP on `HOST:PORT` and prints the URLs.
  *
  * SIGINT or SIGTERM — also during start-up — stops accepting requests, lets in-flight ones
@@ -38,6 +38,17 @@ import { createRoutingMetrics } from '../telemetry/routing-metrics.js';
 import { createTwoPhaseMetrics } from '../telemetry/twopc-metrics.js';
 import { shutdownTelemetry, telemetryState } from '../telemetry/otel.js';
 import { createCoordinator } from '../twopc/index.js';
+import { createSagaEngine, SAGA_MIGRATIONS } from '../saga/index.js';
+import { createSagaMetrics } from '../telemetry/saga-metrics.js';
+import { createOrderSaga, ORDERS_MIGRATIONS } from './orders/order-saga.js';
+import {
+  INVENTORY_MIGRATIONS,
+  InventoryService,
+  PAYMENTS_MIGRATIONS,
+  PaymentsService,
+  SHIPPING_MIGRATIONS,
+  ShippingService,
+} from './orders/services.js';
 
 /** Exit codes: 0 stopped on request, 1 failed (start-up, crash, shutdown too slow), 2 bad configuration. */
 const EXIT = { ok: 0, failed: 1, config: 2 } as const;
@@ -88,6 +99,32 @@ function ledgerDatabases(
       variable: 'REPLIKIT_LEDGER_B_DATABASE',
     },
   ];
+}
+
+/** The order demo's databases: one per service; the orders one also holds the saga log. */
+function orderDatabases(config: Config) {
+  return {
+    orders: {
+      database: config.REPLIKIT_ORDERS_DATABASE,
+      variable: 'REPLIKIT_ORDERS_DATABASE',
+      migrations: [...ORDERS_MIGRATIONS, ...SAGA_MIGRATIONS],
+    },
+    payments: {
+      database: config.REPLIKIT_PAYMENTS_DATABASE,
+      variable: 'REPLIKIT_PAYMENTS_DATABASE',
+      migrations: PAYMENTS_MIGRATIONS,
+    },
+    inventory: {
+      database: config.REPLIKIT_INVENTORY_DATABASE,
+      variable: 'REPLIKIT_INVENTORY_DATABASE',
+      migrations: INVENTORY_MIGRATIONS,
+    },
+    shipping: {
+      database: config.REPLIKIT_SHIPPING_DATABASE,
+      variable: 'REPLIKIT_SHIPPING_DATABASE',
+      migrations: SHIPPING_MIGRATIONS,
+    },
+  } as const;
 }
 
 /** Names of the stack's nodes already running before this process touched the stack. */
@@ -173,11 +210,15 @@ class Service {
         ensureDatabase(local.url('primary', 'postgres'), database),
       );
       if (created) logger.info({ database }, 'created the database');
-      for (const ledger of ledgerDatabases(config)) {
-        const createdLedger = await step(`create the database ${ledger.database}`, () =>
-          ensureDatabase(local.url('primary', 'postgres'), ledger.database),
+      const others = [
+        ...ledgerDatabases(config).map((ledger) => ledger.database),
+        ...Object.values(orderDatabases(config)).map((entry) => entry.database),
+      ];
+      for (const other of others) {
+        const createdOther = await step(`create the database ${other}`, () =>
+          ensureDatabase(local.url('primary', 'postgres'), other),
         );
-        if (createdLedger) logger.info({ database: ledger.database }, 'created the database');
+        if (createdOther) logger.info({ database: other }, 'created the database');
       }
       urls = {
         primary: local.url('primary', database),
@@ -262,6 +303,35 @@ class Service {
         throw err;
       });
     }
+    // The order demo: four services, a database each. The orders one is read through a routed
+    // cluster and holds the saga log; the others are reached only through their service clients.
+    const orderDbs = orderDatabases(config);
+    const orderPools = {} as Record<keyof typeof orderDbs, Cluster['primary']>;
+    let ordersCluster: Cluster | undefined;
+    for (const [service, { database, variable, migrations }] of Object.entries(orderDbs) as [
+      keyof typeof orderDbs,
+      (typeof orderDbs)[keyof typeof orderDbs],
+    ][]) {
+      const serviceCluster = clusterFor(onDatabase(urls, database), database);
+      this.#cleanups.push({ what: `${service} cluster`, run: () => serviceCluster.close() });
+      if (service === 'orders') ordersCluster = serviceCluster;
+      orderPools[service] = serviceCluster.primary;
+      await step(`reach the nodes of ${database}`, () => serviceCluster.ready());
+      signal.throwIfAborted();
+      await migrateOn(`of ${database}`, serviceCluster.primary, migrations, { database }).catch(
+        (err: unknown) => {
+          if (databaseMissing(err)) {
+            throw new ReplikitError(
+              'STARTUP_FAILED',
+              `the database ${database} does not exist on the primary; create it (create database ${database}) or name another one with ${variable}`,
+              { cause: err, details: { database, variable } },
+            );
+          }
+          throw err;
+        },
+      );
+    }
+    if (ordersCluster === undefined) throw new Error('the orders database has no cluster');
     if (stack !== undefined) {
       const local = stack;
       // So that a read on a replica right after start-up finds the tables.
@@ -285,12 +355,42 @@ class Service {
     await step('start the two-phase commit coordinator', () => coordinator.start());
     signal.throwIfAborted();
 
+    const sagaMetrics = createSagaMetrics(registry, { logger });
+    const orderSaga = createOrderSaga(
+      {
+        payments: new PaymentsService(orderPools.payments),
+        inventory: new InventoryService(orderPools.inventory),
+        shipping: new ShippingService(orderPools.shipping),
+      },
+      { faults: config.REPLIKIT_DEMO_FAULTS },
+    );
+    const engine = createSagaEngine({
+      database: orderPools.orders,
+      sagas: [orderSaga],
+      leaseMs: config.REPLIKIT_SAGA_LEASE_MS,
+      observer: sagaMetrics.observer,
+      logger: logger.child({ component: 'saga' }),
+    });
+    sagaMetrics.attach(engine);
+    // Closed before the orders cluster (cleanups run in reverse): it hands its leases back first.
+    this.#cleanups.push({ what: 'saga engine', run: () => engine.close() });
+    await step('start the saga engine', () => engine.start());
+    if (config.REPLIKIT_DEMO_FAULTS) logger.warn('fault injection is on (REPLIKIT_DEMO_FAULTS)');
+    signal.throwIfAborted();
+
     const app = createApp({
       config,
       logger,
       cluster,
       registry,
       transfers: { coordinator, ledgers },
+      orders: {
+        engine,
+        saga: orderSaga,
+        orders: ordersCluster,
+        waitMs: config.REPLIKIT_ORDER_WAIT_MS,
+        faults: config.REPLIKIT_DEMO_FAULTS,
+      },
     });
     const server = await listen(app, { port: config.PORT, host: config.HOST });
     this.#cleanups.push({

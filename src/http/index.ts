@@ -19,4 +19,11 @@ export {
   toProblemDetails,
   type ProblemDetails,
 } from './problem-details.js';
+export {
+  sagaAdminRouter,
+  toSagaView,
+  type SagaDetailsView,
+  type SagaView,
+  type StepView,
+} from './sagas.js';
 export { parseInput } from './validation.js';

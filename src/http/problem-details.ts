@@ -41,9 +41,14 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   // A token ahead of the primary is forged or from another cluster: rejected, never waited on.
   TOKEN_AHEAD: 400,
   NOT_FOUND: 404,
+  SAGA_NOT_FOUND: 404,
+  SAGA_INVALID_INPUT: 400,
   // The request clashes with the current state (a unique email already taken, a stale version).
   CONFLICT: 409,
   VERSION_CONFLICT: 409,
+  // A person's action that does not fit the saga's state (retrying a finished saga, compensating
+  // one past its pivot).
+  SAGA_INVALID_STATE: 409,
   // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
   INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.
@@ -56,11 +61,14 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TWOPC_PREPARE_TIMEOUT: 503,
   TWOPC_CLOSED: 503,
   TRANSFERS_BUSY: 503,
+  SAGA_CLOSED: 503,
   // Its outcome is not known yet; recovery settles it within seconds. Not a 2xx (the client must
   // not assume it happened) nor a plain retry: the detail says to look before sending it again.
   TWOPC_IN_DOUBT: 503,
   // Faults of the deployment, not of the request: the message helps whoever runs the service.
   CONFIG_INVALID: 500,
+  SAGA_UNKNOWN: 500,
+  SAGA_INVALID_DEFINITION: 500,
   MIGRATION_FAILED: 500,
   MIGRATION_INVALID: 500,
   MIGRATION_OUT_OF_ORDER: 500,

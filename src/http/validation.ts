@@ -13,7 +13,7 @@ import { ReplikitError } from '../errors.js';
 export function parseInput<S extends z.ZodType>(
   schema: S,
   value: unknown,
-  where: 'body' | 'query' | 'path',
+  where: 'body' | 'query' | 'path' | 'header',
 ): z.output<S> {
   const result = schema.safeParse(value);
   if (result.success) return result.data;

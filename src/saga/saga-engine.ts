@@ -455,17 +455,31 @@ export class SagaEngine {
   ): Promise<SagaRecord> {
     const deadline = Date.now() + (options.timeoutMs ?? 30_000);
     for (;;) {
-      const record = await readSaga(this.#pool, id);
-      if (record === undefined)
-        throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
-      const settled = isTerminal(record.state) || record.state.status === 'needs_attention';
       const left = deadline - Date.now();
-      if (settled || left <= 0 || options.signal?.aborted === true) return record;
-      await this.#settledOrTimeout(
+      // Listen before reading: a saga that settles between the read and the wait is not missed.
+      // A saga held elsewhere settles without telling this process: look again every 100 ms.
+      const wakeup = this.#wakeup(
         id,
-        Math.min(left, this.#instances.has(id) ? left : 100),
+        Math.max(0, Math.min(left, this.#instances.has(id) ? left : 100)),
         options.signal,
       );
+      let record: SagaRecord | undefined;
+      try {
+        record = await readSaga(this.#pool, id);
+      } catch (err) {
+        wakeup.cancel();
+        throw err;
+      }
+      if (record === undefined) {
+        wakeup.cancel();
+        throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
+      }
+      const settled = isTerminal(record.state) || record.state.status === 'needs_attention';
+      if (settled || left <= 0 || options.signal?.aborted === true) {
+        wakeup.cancel();
+        return record;
+      }
+      await wakeup.promise;
     }
   }
 
@@ -1086,20 +1100,28 @@ export class SagaEngine {
     for (const wake of waiters) wake();
   }
 
-  #settledOrTimeout(id: string, ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve) => {
-      const waiters = this.#waiters.get(id) ?? new Set();
-      this.#waiters.set(id, waiters);
-      const done = (): void => {
+  /** Resolves when the saga settles in this process, `ms` pass, or `signal` aborts. */
+  #wakeup(
+    id: string,
+    ms: number,
+    signal?: AbortSignal,
+  ): { readonly promise: Promise<void>; cancel(): void } {
+    const waiters = this.#waiters.get(id) ?? new Set();
+    this.#waiters.set(id, waiters);
+    let timer: NodeJS.Timeout | undefined;
+    let wake = (): void => undefined;
+    const promise = new Promise<void>((resolve) => {
+      wake = (): void => {
         clearTimeout(timer);
         waiters.delete(wake);
-        signal?.removeEventListener('abort', done);
+        if (waiters.size === 0 && this.#waiters.get(id) === waiters) this.#waiters.delete(id);
+        signal?.removeEventListener('abort', wake);
         resolve();
       };
-      const wake = done;
-      const timer = setTimeout(done, ms);
+      timer = setTimeout(wake, ms);
       waiters.add(wake);
-      signal?.addEventListener('abort', done, { once: true });
+      signal?.addEventListener('abort', wake, { once: true });
     });
+    return { promise, cancel: () => wake() };
   }
 }

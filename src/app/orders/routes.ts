@@ -1,0 +1,191 @@
+import { randomUUID } from 'node:crypto';
+
+import { Router } from 'express';
+import { z } from 'zod';
+
+import { ReplikitError } from '../../errors.js';
+import { parseInput } from '../../http/validation.js';
+import type { Cluster } from '../../routing/index.js';
+import type { SagaDefinition, SagaEngine, SagaRecord } from '../../saga/index.js';
+import type { Logger } from '../../telemetry/logger.js';
+import { faultSchema, type OrderInput } from './order-saga.js';
+
+/** What the order demo needs; see {@link ordersRouter}. */
+export interface OrdersOptions {
+  readonly engine: Pick<SagaEngine, 'run' | 'wait' | 'get'>;
+  readonly saga: SagaDefinition<OrderInput>;
+  /** Routed reads of the orders database (which also holds the saga log). */
+  readonly orders: Cluster;
+  /** How long `POST /orders` waits for the saga before answering 202. Default 1000 ms. */
+  readonly waitMs?: number;
+  /** Accept `faults` in the body. Default false. */
+  readonly faults?: boolean;
+}
+
+/** An order as the API shows it. */
+export interface Order {
+  readonly id: string;
+  readonly customerId: string;
+  readonly items: readonly { readonly sku: string; readonly qty: number }[];
+  readonly amount: number;
+  /** `pending` while its saga runs, then `confirmed` or `rejected`. */
+  readonly status: 'pending' | 'confirmed' | 'rejected';
+  /** Why it was rejected (`insufficient_stock`, `payment_declined`, ...). */
+  readonly reason: string | null;
+  readonly sagaId: string;
+  readonly sagaStatus: string;
+}
+
+const orderBody = z.strictObject({
+  customerId: z.string().trim().min(1, 'must not be empty').max(64),
+  items: z
+    .array(
+      z.strictObject({
+        sku: z.string().trim().min(1, 'must not be empty').max(64),
+        qty: z.number().int('must be a whole number').min(1).max(1000),
+      }),
+    )
+    .min(1, 'must hold at least one item')
+    .max(50, 'must hold at most 50 items'),
+  amount: z.number().int('must be a whole number').min(1).max(1_000_000),
+  faults: z.array(faultSchema).max(8).optional(),
+});
+
+const orderQuery = z.strictObject({
+  flow: z
+    .enum(['orchestration'], {
+      error: 'must be orchestration (the choreography flow is not available yet)',
+    })
+    .default('orchestration'),
+});
+
+const idParam = z.strictObject({ id: z.uuid('must be a UUID') });
+const idempotencyKey = z
+  .string()
+  .trim()
+  .min(1)
+  .max(200, 'must be at most 200 characters')
+  .optional();
+
+interface OrderRow {
+  id: string;
+  customer_id: string;
+  items: Order['items'];
+  amount: string;
+  status: Order['status'];
+  reason: string | null;
+  saga_id: string;
+  saga_status: string | null;
+}
+
+function toOrder(row: OrderRow): Order {
+  return {
+    id: row.id,
+    customerId: row.customer_id,
+    items: row.items,
+    amount: Number(row.amount),
+    status: row.status,
+    reason: row.reason,
+    sagaId: row.saga_id,
+    sagaStatus: row.saga_status ?? 'unknown',
+  };
+}
+
+/** The order as its saga describes it, when the orders table has no row (yet, or ever). */
+function fromSaga(record: SagaRecord): Order {
+  const input = record.input as unknown as OrderInput;
+  const status = record.state.status;
+  return {
+    id: input.orderId,
+    customerId: input.customerId,
+    items: input.items,
+    amount: input.amount,
+    status:
+      status === 'completed' ? 'confirmed' : status === 'compensated' ? 'rejected' : 'pending',
+    reason: status === 'compensated' ? (record.state.failure?.reason ?? null) : null,
+    sagaId: record.id,
+    sagaStatus: status,
+  };
+}
+
+const ORDER_SQL = `
+  select o.id, o.customer_id, o.items, o.amount::text as amount, o.status, o.reason, o.saga_id,
+         s.status as saga_status
+  from orders o left join replikit_sagas s on s.id = o.saga_id
+  where o.id = $1`;
+
+/**
+ * The order demo: an order runs a saga across four services (orders, inventory, payments,
+ * shipping), each with a database of its own.
+ *
+ * - `POST /orders` `{ customerId, items: [{ sku, qty }], amount }` starts the saga. When it
+ *   finishes within the wait: 201 with the {@link Order} (`confirmed`, or `rejected` with a
+ *   `reason` such as `insufficient_stock` or `payment_declined`); else 202 with the order as
+ *   `pending` and `Location: /sagas/<id>`. An `Idempotency-Key` header makes a retried request
+ *   return the first one's order instead of placing a second. With faults enabled,
+ *   `faults: [{ step, phase, action, times, ms }]` injects a failure or delay at a step.
+ * - `GET /orders/:id` → 200 {@link Order}, read through the router (read-your-writes by default).
+ *
+ * Demo customers are `c1`…`c20` (10,000 each); products `sku-1`…`sku-10` (1,000 units each).
+ */
+export function ordersRouter(options: OrdersOptions & { readonly logger: Logger }): Router {
+  const { engine, saga, orders, logger } = options;
+  const waitMs = options.waitMs ?? 1000;
+  const router = Router();
+
+  router.post('/orders', async (req, res) => {
+    parseInput(orderQuery, req.query, 'query');
+    const body = parseInput(orderBody, req.body, 'body');
+    const key = parseInput(idempotencyKey, req.get('idempotency-key'), 'header');
+    if (body.faults !== undefined && options.faults !== true) {
+      throw new ReplikitError(
+        'VALIDATION_FAILED',
+        'invalid body: faults: fault injection is off (start the service with REPLIKIT_DEMO_FAULTS=true)',
+        { details: { issues: [{ path: 'faults', message: 'fault injection is off' }] } },
+      );
+    }
+    const input: OrderInput = {
+      orderId: randomUUID(),
+      customerId: body.customerId,
+      items: body.items,
+      amount: body.amount,
+      faults: body.faults ?? [],
+    };
+    const started = await engine.run(saga, input, key === undefined ? {} : { key: `order:${key}` });
+    const record = await engine.wait(started.id, { timeoutMs: waitMs });
+    // The saga's checkpoints went through the engine's own pool, so the session has no token for
+    // them: a write through the cluster takes one at or past them (one WAL for all databases).
+    await orders
+      .write('select 1')
+      .catch((err: unknown) =>
+        logger.warn({ err, saga: started.id }, 'no consistency token after placing an order'),
+      );
+    const settled = record.state.status === 'completed' || record.state.status === 'compensated';
+    let order = fromSaga(record);
+    if (settled) {
+      const { rows } = await orders.read<OrderRow & Record<string, unknown>>(
+        ORDER_SQL,
+        [order.id],
+        {
+          consistency: { level: 'strong' },
+        },
+      );
+      if (rows[0] !== undefined) order = toOrder(rows[0]);
+    }
+    res
+      .status(settled ? 201 : 202)
+      .location(settled ? `/orders/${order.id}` : `/sagas/${record.id}`)
+      .json(order);
+  });
+
+  router.get('/orders/:id', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    const { rows } = await orders.read<OrderRow & Record<string, unknown>>(ORDER_SQL, [id]);
+    const row = rows[0];
+    if (row === undefined)
+      throw new ReplikitError('NOT_FOUND', `no order ${id}`, { details: { id } });
+    res.json(toOrder(row));
+  });
+
+  return router;
+}

@@ -1,0 +1,157 @@
+import { Router } from 'express';
+import { z } from 'zod';
+
+import type { SagaDetails, SagaEngine, SagaRecord, StepRecord } from '../saga/index.js';
+import { SagaError } from '../saga/index.js';
+import { parseInput } from './validation.js';
+
+/** A saga as the admin API shows it. */
+export interface SagaView {
+  readonly id: string;
+  readonly saga: string;
+  readonly version: number;
+  readonly status: string;
+  /** The step running (or failed) forward, by name; absent once every step completed. */
+  readonly step?: string;
+  readonly attempt: number;
+  readonly failure: SagaRecord['state']['failure'];
+  readonly attention: SagaRecord['state']['attention'];
+  /** Steps still to compensate, the next one first. */
+  readonly pendingCompensations: readonly number[];
+  readonly nextAttemptAt: string;
+  readonly leaseOwner: string | null;
+  readonly epoch: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly finishedAt: string | null;
+}
+
+/** A saga with its input, outputs and step log. */
+export interface SagaDetailsView extends SagaView {
+  readonly input: unknown;
+  readonly outputs: Readonly<Record<string, unknown>>;
+  readonly steps: readonly StepView[];
+}
+
+/** One row of the step log. */
+export interface StepView {
+  readonly index: number;
+  readonly name: string;
+  readonly phase: StepRecord['phase'];
+  readonly status: StepRecord['status'];
+  readonly attempts: number;
+  readonly output: unknown;
+  readonly error: unknown;
+  readonly startedAt: string;
+  readonly updatedAt: string;
+  readonly finishedAt: string | null;
+}
+
+const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'needs_attention'] as const;
+
+const idParam = z.strictObject({ id: z.uuid('must be a UUID') });
+const listQuery = z.strictObject({
+  status: z.enum(STATUSES, { error: `must be one of ${STATUSES.join(', ')}` }).optional(),
+  saga: z.string().regex(/^[a-z][a-z0-9_]{0,62}$/, 'must be a saga name').optional(),
+  /** Only sagas not updated for this long: the stuck-saga query. */
+  idleForMs: z.coerce.number().int().min(0).max(31_536_000_000).optional(),
+  /** Paging: sagas created before this time (the previous page's last `createdAt`). */
+  before: z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).optional(),
+  limit: z.coerce.number().int().min(1).max(500).default(50),
+});
+
+/** A saga's log row as the API shows it; `steps` names its steps by index. */
+export function toSagaView(record: SagaRecord, stepNames: readonly string[] = []): SagaView {
+  const step = stepNames[record.state.stepIndex];
+  return {
+    id: record.id,
+    saga: record.saga,
+    version: record.version,
+    status: record.state.status,
+    ...(step === undefined ? {} : { step }),
+    attempt: record.state.attempt,
+    failure: record.state.failure,
+    attention: record.state.attention,
+    pendingCompensations: record.state.pending,
+    nextAttemptAt: record.nextAttemptAt.toISOString(),
+    leaseOwner: record.owner,
+    epoch: record.epoch,
+    createdAt: record.createdAt.toISOString(),
+    updatedAt: record.updatedAt.toISOString(),
+    finishedAt: record.finishedAt?.toISOString() ?? null,
+  };
+}
+
+function toDetailsView(details: SagaDetails): SagaDetailsView {
+  const names: string[] = [];
+  for (const step of details.steps) names[step.index] = step.name;
+  return {
+    ...toSagaView(details.saga, names),
+    input: details.saga.input,
+    outputs: details.saga.state.outputs,
+    steps: details.steps.map((step) => ({
+      index: step.index,
+      name: step.name,
+      phase: step.phase,
+      status: step.status,
+      attempts: step.attempts,
+      output: step.output,
+      error: step.error,
+      startedAt: step.startedAt.toISOString(),
+      updatedAt: step.updatedAt.toISOString(),
+      finishedAt: step.finishedAt?.toISOString() ?? null,
+    })),
+  };
+}
+
+/**
+ * The saga query and admin API over an engine:
+ *
+ * - `GET /sagas/:id` → the saga with its input, outputs and step log;
+ * - `GET /sagas?status=&saga=&idleForMs=&before=&limit=` → `{ sagas }`, newest first; with
+ *   `idleForMs`, the sagas not updated for that long (stuck ones, with `status=running`);
+ * - `POST /sagas/:id/retry` → 202, a saga that needs attention runs its failed action again;
+ * - `POST /sagas/:id/compensate` → 202, a running saga (before its pivot) is compensated.
+ *
+ * Errors: 404 `SAGA_NOT_FOUND`, 409 `SAGA_INVALID_STATE` (finished, past the pivot, not needing
+ * attention). Mount it behind your own authentication: it changes what sagas do.
+ *
+ * ```ts
+ * app.use(sagaAdminRouter(engine));
+ * ```
+ */
+export function sagaAdminRouter(engine: SagaEngine): Router {
+  const router = Router();
+
+  router.get('/sagas/:id', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    const details = await engine.get(id);
+    if (details === undefined)
+      throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
+    res.json(toDetailsView(details));
+  });
+
+  router.get('/sagas', async (req, res) => {
+    const query = parseInput(listQuery, req.query, 'query');
+    const sagas = await engine.list({
+      status: query.status,
+      saga: query.saga,
+      idleForMs: query.idleForMs,
+      createdBefore: query.before === undefined ? undefined : new Date(query.before),
+      limit: query.limit,
+    });
+    res.json({ sagas: sagas.map((saga) => toSagaView(saga)) });
+  });
+
+  router.post('/sagas/:id/retry', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    res.status(202).json(toSagaView(await engine.retry(id)));
+  });
+
+  router.post('/sagas/:id/compensate', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    res.status(202).json(toSagaView(await engine.compensate(id)));
+  });
+
+  return router;
+}
