@@ -1,8 +1,10 @@
 /**
- * replikit: consistency-aware read routing over a PostgreSQL primary and its replicas.
+ * replikit: consistency-aware read routing over a PostgreSQL primary and its replicas, sagas,
+ * choreography through a transactional outbox, and two-phase commit.
  *
  * The core knows nothing of Express; the HTTP adapter is `replikit/express`, the Prometheus and
- * OpenTelemetry wiring `replikit/telemetry`, the local replication stack `replikit/stack`.
+ * OpenTelemetry wiring `replikit/telemetry`, the local replication stack `replikit/stack`, the
+ * NATS JetStream transport `replikit/nats`.
  *
  * @packageDocumentation
  */
@@ -48,3 +50,76 @@ export {
   type WaitEvent,
   type WriteResult,
 } from './routing/index.js';
+export {
+  createSagaEngine,
+  defineSaga,
+  SAGA_MIGRATIONS,
+  SagaEngine,
+  SagaError,
+  StepRejected,
+  type CompensationContext,
+  type Json,
+  type LocalStep,
+  type RemoteStep,
+  type SagaContext,
+  type SagaDefinition,
+  type SagaDefinitionOptions,
+  type SagaDetails,
+  type SagaEngineOptions,
+  type SagaErrorCode,
+  type SagaFailure,
+  type SagaFinishedEvent,
+  type SagaListFilter,
+  type SagaObserver,
+  type SagaRecord,
+  type SagaStats,
+  type SagaStatus,
+  type SagaStep,
+  type SagaTransaction,
+  type ServiceOptions,
+  type StartSagaOptions,
+  type StartSagaResult,
+  type StepContext,
+  type StepEvent,
+  type StepRecord,
+  type StepRetryOptions,
+} from './saga/index.js';
+export {
+  CONSISTENCY_TOKEN_HEADER,
+  Consumer,
+  createConsumer,
+  createPostgresTransport,
+  createRelay,
+  enqueue,
+  inboxMigrations,
+  MessagingError,
+  outboxMigrations,
+  postgresTransportMigrations,
+  Relay,
+  type ConsumerObserver,
+  type ConsumerOptions,
+  type DeadLetter,
+  type Delivery,
+  type MessageHandler,
+  type MessageHeaders,
+  type MessagingErrorCode,
+  type OutboxMessage,
+  type PostgresTransportOptions,
+  type ReceivedMessage,
+  type RelayObserver,
+  type RelayOptions,
+  type RelayStats,
+  type Subscription,
+  type Transport,
+} from './messaging/index.js';
+export {
+  Coordinator,
+  createCoordinator,
+  TwoPhaseError,
+  type CoordinatorOptions,
+  type DistributedTransaction,
+  type RecoveryReport,
+  type RunResult,
+  type TwoPhaseErrorCode,
+  type TwoPhaseObserver,
+} from './twopc/index.js';
