@@ -1,6 +1,7 @@
 /**
  * replikit: consistency-aware read routing over a PostgreSQL primary and its replicas, sagas,
- * choreography through a transactional outbox, and two-phase commit.
+ * choreography through a transactional outbox, an event store with projections, and two-phase
+ * commit.
  *
  * The core knows nothing of Express; the HTTP adapter is `replikit/express`, the Prometheus and
  * OpenTelemetry wiring `replikit/telemetry`, the local replication stack `replikit/stack`, the
@@ -123,3 +124,34 @@ export {
   type TwoPhaseErrorCode,
   type TwoPhaseObserver,
 } from './twopc/index.js';
+export {
+  comparePositions,
+  createEventStore,
+  createReadModel,
+  createUpcasterChain,
+  EVENT_STORE_MIGRATIONS,
+  EventStore,
+  EventStoreError,
+  formatPosition,
+  parsePosition,
+  ProjectionRunner,
+  ReadModel,
+  START,
+  type AppendOptions,
+  type AppendResult,
+  type EventInput,
+  type EventMetadata,
+  type EventStoreErrorCode,
+  type EventStoreObserver,
+  type EventStoreOptions,
+  type ExpectedVersion,
+  type GlobalPosition,
+  type InlineProjection,
+  type ProjectionDefinition,
+  type ProjectionRunnerOptions,
+  type ReadModelOptions,
+  type ReadModelQueryOptions,
+  type ReadModelResult,
+  type RecordedEvent,
+  type Upcaster,
+} from './events/index.js';

@@ -184,7 +184,7 @@ describe('with existing servers', () => {
     await admin.connect();
     try {
       const { rows } = await admin.query<{ id: string }>('select id from replikit_migrations');
-      expect(rows.map((row) => row.id)).toEqual(['0001-users']);
+      expect(rows.map((row) => row.id)).toEqual(['0001-users', 'replikit-events-0001-log']);
       const busy = await admin.query<{ n: number }>(
         "select count(*)::int as n from pg_stat_activity where application_name like 'replikit%' and datname = $1",
         [db.name],

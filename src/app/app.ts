@@ -16,6 +16,7 @@ import type { MetricsRegistry } from '../telemetry/metrics.js';
 import type { Cluster } from '../routing/index.js';
 import type { Config } from './config.js';
 import { ordersRouter, type OrdersOptions } from './orders/routes.js';
+import { profilesRouter, type ProfilesOptions } from './profiles.js';
 import { transfersRouter, type TransfersOptions } from './transfers.js';
 import { usersRouter } from './users.js';
 
@@ -34,6 +35,8 @@ export interface AppOptions {
   readonly readinessTimeoutMs?: CheckReadinessOptions['timeoutMs'];
   /** The two-phase commit demo (`/transfers`, `/accounts`); not mounted when absent. */
   readonly transfers?: TransfersOptions;
+  /** The CQRS demo (`/users/:id/profile`, `/users/:id/follow`); not mounted when absent. */
+  readonly profiles?: ProfilesOptions;
   /** The saga demo (`/orders`) and the saga admin API (`/sagas`); not mounted when absent. */
   readonly orders?: OrdersOptions & {
     readonly engine: OrdersOptions['engine'] & Parameters<typeof sagaAdminRouter>[0];
@@ -49,6 +52,7 @@ export interface AppOptions {
  * - `GET /metrics` — Prometheus text, or OpenMetrics when asked for;
  * - the demo resources: `/users` (read routing); given `transfers`, `/transfers` and
  *   `/accounts` (two-phase commit); given `orders`, `/orders` (sagas) and `/sagas` (their admin API);
+ *   given `profiles`, `/users/:id/profile` and `/users/:id/follow` (event sourcing and CQRS);
  * - any error, unknown route or unreadable body — `application/problem+json`.
  *
  * ```ts
@@ -93,6 +97,7 @@ export function createApp(options: AppOptions): express.Express {
   // merged token and X-Served-By out.
   app.use(consistencyMiddleware());
   app.use(usersRouter(cluster));
+  if (options.profiles !== undefined) app.use(profilesRouter(options.profiles));
   if (options.transfers !== undefined) app.use(transfersRouter({ ...options.transfers, logger }));
   if (options.orders !== undefined) {
     app.use(ordersRouter({ ...options.orders, logger }));

@@ -39,6 +39,9 @@ import { createTwoPhaseMetrics } from '../telemetry/twopc-metrics.js';
 import { shutdownTelemetry, telemetryState } from '../telemetry/otel.js';
 import { createCoordinator } from '../twopc/index.js';
 import { createSagaEngine, SAGA_MIGRATIONS } from '../saga/index.js';
+import { createEventStore } from '../events/index.js';
+import { createEventMetrics } from '../telemetry/event-metrics.js';
+import { PROFILES_MIGRATIONS, PROFILES_PROJECTION } from './profiles.js';
 import { createSagaMetrics } from '../telemetry/saga-metrics.js';
 import { createOrderSaga, ORDERS_MIGRATIONS } from './orders/order-saga.js';
 import {
@@ -276,7 +279,7 @@ class Service {
         );
       }
     };
-    await migrateOn('on the primary', cluster.primary, MIGRATIONS);
+    await migrateOn('on the primary', cluster.primary, [...MIGRATIONS, ...PROFILES_MIGRATIONS]);
 
     // The transfers demo: two ledger databases on the same servers, read through a routed
     // cluster each, written by the two-phase commit coordinator.
@@ -355,6 +358,21 @@ class Service {
     await step('start the two-phase commit coordinator', () => coordinator.start());
     signal.throwIfAborted();
 
+    // The CQRS demo: an event store in the service's own database, and the profiles projection.
+    const eventMetrics = createEventMetrics(registry, { logger });
+    const store = createEventStore({
+      connection: urls.primary,
+      observer: eventMetrics.observer,
+      logger: logger.child({ component: 'events' }),
+    });
+    eventMetrics.attach(store);
+    this.#cleanups.push({ what: 'event store', run: () => store.close() });
+    await step(
+      'start the profiles projection',
+      () => store.startProjection(PROFILES_PROJECTION).activated,
+    );
+    signal.throwIfAborted();
+
     const sagaMetrics = createSagaMetrics(registry, { logger });
     const orderSaga = createOrderSaga(
       {
@@ -384,6 +402,7 @@ class Service {
       cluster,
       registry,
       transfers: { coordinator, ledgers },
+      profiles: { store, cluster },
       orders: {
         engine,
         saga: orderSaga,

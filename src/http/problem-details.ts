@@ -43,12 +43,18 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   NOT_FOUND: 404,
   SAGA_NOT_FOUND: 404,
   SAGA_INVALID_INPUT: 400,
+  EVENTSTORE_INVALID_EVENT: 400,
   // The request clashes with the current state (a unique email already taken, a stale version).
   CONFLICT: 409,
   VERSION_CONFLICT: 409,
   // A person's action that does not fit the saga's state (retrying a finished saga, compensating
   // one past its pivot).
   SAGA_INVALID_STATE: 409,
+  // An append's expected version did not match the stream's (carries both), or an event id was
+  // reused for other data.
+  EVENTSTORE_CONCURRENCY: 409,
+  EVENTSTORE_EVENT_ID_CONFLICT: 409,
+  PROJECTION_STATE: 409,
   // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
   INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.
@@ -62,6 +68,9 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TWOPC_CLOSED: 503,
   TRANSFERS_BUSY: 503,
   SAGA_CLOSED: 503,
+  // The projection did not reach the caller's write in time; reading again later will.
+  PROJECTION_WAIT_TIMEOUT: 503,
+  EVENTSTORE_CLOSED: 503,
   // Its outcome is not known yet; recovery settles it within seconds. Not a 2xx (the client must
   // not assume it happened) nor a plain retry: the detail says to look before sending it again.
   TWOPC_IN_DOUBT: 503,
@@ -69,6 +78,7 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   CONFIG_INVALID: 500,
   SAGA_UNKNOWN: 500,
   SAGA_INVALID_DEFINITION: 500,
+  EVENTSTORE_UPCASTER_INVALID: 500,
   MIGRATION_FAILED: 500,
   MIGRATION_INVALID: 500,
   MIGRATION_OUT_OF_ORDER: 500,

@@ -47,12 +47,21 @@ export interface StepView {
   readonly finishedAt: string | null;
 }
 
-const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'needs_attention'] as const;
+const STATUSES = [
+  'running',
+  'compensating',
+  'completed',
+  'compensated',
+  'needs_attention',
+] as const;
 
 const idParam = z.strictObject({ id: z.uuid('must be a UUID') });
 const listQuery = z.strictObject({
   status: z.enum(STATUSES, { error: `must be one of ${STATUSES.join(', ')}` }).optional(),
-  saga: z.string().regex(/^[a-z][a-z0-9_]{0,62}$/, 'must be a saga name').optional(),
+  saga: z
+    .string()
+    .regex(/^[a-z][a-z0-9_]{0,62}$/, 'must be a saga name')
+    .optional(),
   /** Only sagas not updated for this long: the stuck-saga query. */
   idleForMs: z.coerce.number().int().min(0).max(31_536_000_000).optional(),
   /** Paging: sagas created before this time (the previous page's last `createdAt`). */

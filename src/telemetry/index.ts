@@ -9,6 +9,7 @@ export {
   type RoutingMetrics,
   type RoutingMetricsOptions,
 } from './routing-metrics.js';
+export { createEventMetrics, type EventMetrics } from './event-metrics.js';
 export { createOutboxMetrics, type OutboxMetrics } from './outbox-metrics.js';
 export { createSagaMetrics, type SagaMetrics } from './saga-metrics.js';
 export { shutdownTelemetry, startTelemetry } from './otel.js';

@@ -1,0 +1,612 @@
+/**
+ * The event store against Emmett's PostgreSQL event store (`@event-driven-io/emmett-postgresql`),
+ * side by side on the same server in the same run (the bench stack in `.replikit/bench`, started
+ * here if it is not running; each store in a database of its own, recreated at the start). Both
+ * commit every append with the server's default durability (`synchronous_commit = on`).
+ *
+ * 1. Append throughput: 1 event per append by 1, 16 and 64 concurrent writers, and 10-event
+ *    appends by 16 writers. The two stores alternate within each round; tables give medians
+ *    across rounds and the replikit/Emmett ratio taken within each round.
+ * 2. Projection lag at a steady rate (default 500 events/s) from 64 concurrent writers, each
+ *    store with its own asynchronous consumer: lag is from an append's acknowledgement to the
+ *    commit of the batch that applied it (Emmett: to its handler's call, which is earlier).
+ * 3. Missed events: the events each consumer applied, against a recount from the log, live
+ *    (after the writers stop and the consumer goes quiet) and on replay (a new consumer from the
+ *    start of the log).
+ *
+ *   npm run bench:events
+ *   npm run bench:events -- --seconds 5 --rounds 3 --rate 500 --lag-seconds 15
+ *
+ * Progress goes to stderr, markdown tables to stdout.
+ */
+import { randomUUID } from 'node:crypto';
+import { cpus, loadavg } from 'node:os';
+import { resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+
+import { getPostgreSQLEventStore } from '@event-driven-io/emmett-postgresql';
+import pg from 'pg';
+
+import { migrate } from '../src/db/migrate.js';
+import {
+  createEventStore,
+  EVENT_STORE_MIGRATIONS,
+  type EventStore,
+  type ProjectionRunner,
+} from '../src/events/index.js';
+import { LocalStack } from '../src/stack/index.js';
+import { median, ms, percentile, progressFor, table } from './support/report.js';
+
+const progress = progressFor('bench:events');
+
+const { values } = parseArgs({
+  options: {
+    dir: { type: 'string', default: '.replikit/bench' },
+    seconds: { type: 'string', default: '4' },
+    warmup: { type: 'string', default: '1' },
+    rounds: { type: 'string', default: '2' },
+    rate: { type: 'string', default: '500' },
+    'lag-seconds': { type: 'string', default: '12' },
+    'lag-writers': { type: 'string', default: '64' },
+  },
+});
+
+function positive(name: keyof typeof values, integer = true): number {
+  const value = Number(values[name]);
+  if (!(value > 0) || (integer && !Number.isInteger(value))) {
+    throw new RangeError(
+      `--${name} must be a ${integer ? 'whole ' : ''}number > 0, got "${values[name]}"`,
+    );
+  }
+  return value;
+}
+
+const SECONDS = positive('seconds', false);
+const WARMUP = positive('warmup', false);
+const ROUNDS = positive('rounds');
+const RATE = positive('rate');
+const LAG_SECONDS = positive('lag-seconds', false);
+const LAG_WRITERS = positive('lag-writers');
+const COMMAND = ['npm run bench:events', ...(process.argv.length > 2 ? ['--'] : [])]
+  .concat(process.argv.slice(2))
+  .join(' ');
+
+/** Streams each writer spreads its appends over: enough that writers rarely share one. */
+const STREAMS_PER_WRITER = 100;
+
+interface Mode {
+  readonly key: string;
+  readonly writers: number;
+  readonly eventsPerAppend: number;
+}
+
+const MODES: readonly Mode[] = [
+  { key: 'sequential, 1 event', writers: 1, eventsPerAppend: 1 },
+  { key: '16 writers, 1 event', writers: 16, eventsPerAppend: 1 },
+  { key: '64 writers, 1 event', writers: 64, eventsPerAppend: 1 },
+  { key: '16 writers, 10 events', writers: 16, eventsPerAppend: 10 },
+];
+
+type StoreKey = 'replikit' | 'emmett';
+
+interface Appender {
+  append(stream: string, events: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+function followed(): { type: 'UserFollowed'; data: { userId: string; targetId: string } } {
+  return {
+    type: 'UserFollowed',
+    data: { userId: randomUUID(), targetId: `u${Math.floor(Math.random() * 1000)}` },
+  };
+}
+
+function replikitAppender(url: string, writers: number): Appender {
+  const store = createEventStore({ connection: url, poolSize: writers });
+  return {
+    append: async (stream, n) => {
+      await store.append(
+        stream,
+        Array.from({ length: n }, () => followed()),
+      );
+    },
+    close: () => store.close(),
+  };
+}
+
+function emmettAppender(url: string, writers: number): Appender {
+  const pool = new pg.Pool({ connectionString: url, max: writers });
+  const store = getPostgreSQLEventStore(url, {
+    connectionOptions: { pool, pooled: true },
+    schema: { autoMigration: 'None' },
+  });
+  return {
+    append: async (stream, n) => {
+      await store.appendToStream(
+        stream,
+        Array.from({ length: n }, () => followed()),
+      );
+    },
+    close: async () => {
+      await store.close();
+      await pool.end().catch(() => undefined);
+    },
+  };
+}
+
+interface Cell {
+  readonly store: StoreKey;
+  readonly mode: string;
+  readonly round: number;
+  readonly eventsPerSecond: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly failed: number;
+}
+
+async function runCell(url: string, store: StoreKey, mode: Mode, round: number): Promise<Cell> {
+  const appender =
+    store === 'replikit' ? replikitAppender(url, mode.writers) : emmettAppender(url, mode.writers);
+  const latencies: number[] = [];
+  let failed = 0;
+  let lastEnd = 0;
+  const measureFrom = performance.now() + WARMUP * 1000;
+  const deadline = measureFrom + SECONDS * 1000;
+  try {
+    await Promise.all(
+      Array.from({ length: mode.writers }, async (_, w) => {
+        for (let i = 0; performance.now() < deadline; i++) {
+          const began = performance.now();
+          try {
+            await appender.append(`w${w}-${round}-${i % STREAMS_PER_WRITER}`, mode.eventsPerAppend);
+            if (began >= measureFrom) {
+              const ended = performance.now();
+              latencies.push(ended - began);
+              lastEnd = Math.max(lastEnd, ended);
+            }
+          } catch {
+            if (began >= measureFrom) failed++;
+          }
+        }
+      }),
+    );
+  } finally {
+    await appender.close();
+  }
+  const elapsed = Math.max(lastEnd - measureFrom, 1);
+  return {
+    store,
+    mode: mode.key,
+    round,
+    eventsPerSecond: (latencies.length * mode.eventsPerAppend * 1000) / elapsed,
+    p50: median(latencies),
+    p99: percentile(latencies, 0.99),
+    failed,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Projection lag and missed events
+
+interface Consumer {
+  /** Event ids applied, in order of application (a repeat shows up twice). */
+  readonly applied: string[];
+  /** Milliseconds from acknowledgement to application, per event acknowledged before it applied. */
+  readonly lags: number[];
+  stop(): Promise<void>;
+}
+
+/** Acknowledgement times by event id, shared by the writers and the consumer of one store. */
+type Acks = Map<string, number>;
+
+function record(
+  consumer: { applied: string[]; lags: number[] },
+  acks: Acks,
+  ids: readonly string[],
+): void {
+  const now = performance.now();
+  for (const id of ids) {
+    consumer.applied.push(id);
+    const ackAt = acks.get(id);
+    if (ackAt !== undefined) consumer.lags.push(Math.max(0, now - ackAt));
+  }
+}
+
+function replikitConsumer(store: EventStore, name: string, acks: Acks): Consumer {
+  const consumer = { applied: [] as string[], lags: [] as number[] };
+  let pending: string[] = [];
+  const runner: ProjectionRunner = store.startProjection(
+    {
+      name,
+      apply: (events) => {
+        pending = events.map((event) => event.id);
+        return Promise.resolve();
+      },
+    },
+    { batchSize: 500 },
+  );
+  // Stamped once the batch has committed (the store's observer calls back after COMMIT).
+  batchCommitted.set(name, () => {
+    record(consumer, acks, pending);
+    pending = [];
+  });
+  return { ...consumer, stop: () => runner.stop() };
+}
+
+const batchCommitted = new Map<string, () => void>();
+
+function emmettConsumer(url: string, processorId: string, acks: Acks): Consumer {
+  const consumer = { applied: [] as string[], lags: [] as number[] };
+  const store = getPostgreSQLEventStore(url, { schema: { autoMigration: 'None' } });
+  const subscription = store.consumer();
+  subscription.reactor({
+    processorId,
+    startFrom: 'BEGINNING',
+    eachMessage: (message) => {
+      const id = (message.metadata as { messageId?: string }).messageId;
+      if (id !== undefined) record(consumer, acks, [id]);
+      return Promise.resolve();
+    },
+  });
+  const running = subscription.start().catch((err: unknown) => {
+    progress(
+      `emmett consumer ${processorId} failed: ${err instanceof Error ? err.message : String(err)}`,
+    );
+  });
+  return {
+    ...consumer,
+    stop: async () => {
+      await subscription.stop();
+      await running;
+      await subscription.close().catch(() => undefined);
+      await store.close();
+    },
+  };
+}
+
+/** Waits until the consumer has applied `total` events or made no progress for `quietMs`. */
+async function settle(
+  consumer: Consumer,
+  total: number,
+  quietMs = 3000,
+  maxMs = 60_000,
+): Promise<void> {
+  const started = Date.now();
+  let last = -1;
+  let lastChange = Date.now();
+  while (Date.now() - started < maxMs) {
+    const n = new Set(consumer.applied).size;
+    if (n >= total) return;
+    if (n !== last) {
+      last = n;
+      lastChange = Date.now();
+    } else if (Date.now() - lastChange > quietMs) {
+      return;
+    }
+    await sleep(50);
+  }
+}
+
+interface LagResult {
+  readonly store: StoreKey;
+  readonly appended: number;
+  readonly ratePerSecond: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly max: number;
+  readonly liveMissed: number;
+  readonly liveDuplicates: number;
+  readonly replayMissed: number;
+  readonly replayDuplicates: number;
+}
+
+async function logIds(url: string, store: StoreKey): Promise<Set<string>> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const sql =
+      store === 'replikit'
+        ? 'select event_id::text as id from replikit_events'
+        : 'select message_id as id from emt_messages';
+    const { rows } = await client.query<{ id: string }>(sql);
+    return new Set(rows.map((row) => row.id));
+  } finally {
+    await client.end();
+  }
+}
+
+function missed(
+  log: Set<string>,
+  applied: readonly string[],
+): { missed: number; duplicates: number } {
+  const seen = new Set(applied);
+  let count = 0;
+  for (const id of log) if (!seen.has(id)) count++;
+  return { missed: count, duplicates: applied.length - seen.size };
+}
+
+async function lagCell(url: string, store: StoreKey): Promise<LagResult> {
+  const acks: Acks = new Map();
+  let replikit: EventStore | undefined;
+  let appendOne: (stream: string) => Promise<string>;
+  let closeWriters: () => Promise<void>;
+  let live: Consumer;
+  if (store === 'replikit') {
+    const s = createEventStore({
+      connection: url,
+      poolSize: LAG_WRITERS + 4,
+      observer: { onProjectionBatch: (event) => batchCommitted.get(event.projection)?.() },
+    });
+    replikit = s;
+    appendOne = async (stream) => {
+      const id = randomUUID();
+      await s.append(stream, [{ ...followed(), id }]);
+      return id;
+    };
+    closeWriters = () => Promise.resolve();
+    live = replikitConsumer(s, 'bench_live', acks);
+  } else {
+    const pool = new pg.Pool({ connectionString: url, max: LAG_WRITERS + 4 });
+    const s = getPostgreSQLEventStore(url, {
+      connectionOptions: { pool, pooled: true },
+      schema: { autoMigration: 'None' },
+    });
+    appendOne = async (stream) => {
+      const id = randomUUID();
+      await s.appendToStream(stream, [{ ...followed(), metadata: { messageId: id } }]);
+      return id;
+    };
+    closeWriters = async () => {
+      await s.close();
+      await pool.end().catch(() => undefined);
+    };
+    live = emmettConsumer(url, 'bench_live', acks);
+  }
+  await sleep(500);
+
+  // Writers take slots on a fixed schedule (one every 1000/RATE ms); a slot whose time has come
+  // goes to the next free writer, so the rate holds as long as 64 writers can keep up.
+  const interval = 1000 / RATE;
+  const slots = Math.round(RATE * LAG_SECONDS);
+  let next = 0;
+  const t0 = performance.now();
+  let appended = 0;
+  let failed = 0;
+  await Promise.all(
+    Array.from({ length: LAG_WRITERS }, async (_, w) => {
+      for (;;) {
+        const slot = next++;
+        if (slot >= slots) return;
+        const due = t0 + slot * interval;
+        const wait = due - performance.now();
+        if (wait > 0) await sleep(wait);
+        try {
+          const id = await appendOne(`lag-${w}-${slot % STREAMS_PER_WRITER}`);
+          acks.set(id, performance.now());
+          appended++;
+        } catch {
+          failed++;
+        }
+      }
+    }),
+  );
+  const ratePerSecond = (appended * 1000) / (performance.now() - t0);
+  if (failed > 0) progress(`${store}: ${failed} appends failed`);
+  await closeWriters();
+
+  const log = await logIds(url, store);
+  await settle(live, log.size);
+  await live.stop();
+  const liveResult = missed(log, live.applied);
+
+  // Replay: a new consumer from the start of the log, everything committed.
+  const replayAcks: Acks = new Map();
+  const replay =
+    store === 'replikit'
+      ? replikitConsumer(replikit!, 'bench_replay', replayAcks)
+      : emmettConsumer(url, 'bench_replay', replayAcks);
+  await settle(replay, log.size);
+  await replay.stop();
+  const replayResult = missed(log, replay.applied);
+  await replikit?.close();
+
+  return {
+    store,
+    appended,
+    ratePerSecond,
+    p50: median(live.lags),
+    p99: percentile(live.lags, 0.99),
+    max: percentile(live.lags, 1),
+    liveMissed: liveResult.missed,
+    liveDuplicates: liveResult.duplicates,
+    replayMissed: replayResult.missed,
+    replayDuplicates: replayResult.duplicates,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function freshDatabase(stack: LocalStack, name: string, store: StoreKey): Promise<string> {
+  await stack.query('primary', `drop database if exists ${name} with (force)`);
+  await stack.query('primary', `create database ${name}`);
+  const url = stack.url('primary', name);
+  if (store === 'replikit') {
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    await migrate(pool, EVENT_STORE_MIGRATIONS);
+    await pool.end();
+  } else {
+    const es = getPostgreSQLEventStore(url, { schema: { autoMigration: 'CreateOrUpdate' } });
+    await es.schema.migrate();
+    await es.close();
+  }
+  return url;
+}
+
+const stack = await LocalStack.start({ dir: resolve(values.dir), log: progress });
+const urls: Record<StoreKey, string> = {
+  replikit: await freshDatabase(stack, 'bench_events_replikit', 'replikit'),
+  emmett: await freshDatabase(stack, 'bench_events_emmett', 'emmett'),
+};
+const [settings] = await stack.query<{ sync: string; fsync: string; version: string }>(
+  'primary',
+  "select current_setting('synchronous_commit') as sync, current_setting('fsync') as fsync, current_setting('server_version') as version",
+);
+progress(
+  `PostgreSQL ${settings!.version}, synchronous_commit=${settings!.sync}, fsync=${settings!.fsync}`,
+);
+
+const cells: Cell[] = [];
+for (let round = 1; round <= ROUNDS; round++) {
+  for (const mode of MODES) {
+    const order: StoreKey[] = round % 2 === 1 ? ['replikit', 'emmett'] : ['emmett', 'replikit'];
+    for (const store of order) {
+      await stack.query('primary', 'checkpoint');
+      const cell = await runCell(urls[store], store, mode, round);
+      cells.push(cell);
+      progress(
+        `round ${round} ${mode.key} ${store}: ${cell.eventsPerSecond.toFixed(0)} events/s, p50 ${ms(cell.p50)} ms, p99 ${ms(cell.p99)} ms${cell.failed > 0 ? `, ${cell.failed} failed` : ''}`,
+      );
+    }
+  }
+}
+
+const throughputRows = MODES.flatMap((mode) => {
+  const mine = (store: StoreKey) => cells.filter((c) => c.mode === mode.key && c.store === store);
+  const ratios = mine('replikit').flatMap((c) => {
+    const partner = mine('emmett').find((e) => e.round === c.round);
+    return partner === undefined ? [] : [c.eventsPerSecond / partner.eventsPerSecond];
+  });
+  return (['replikit', 'emmett'] as const).map((store) => [
+    mode.key,
+    store === 'replikit' ? 'replikit' : 'Emmett 0.42',
+    median(mine(store).map((c) => c.eventsPerSecond)).toFixed(0),
+    mine(store)
+      .map((c) => c.eventsPerSecond.toFixed(0))
+      .join(', '),
+    ms(median(mine(store).map((c) => c.p50))),
+    ms(median(mine(store).map((c) => c.p99))),
+    store === 'replikit' && ratios.length > 0
+      ? `${median(ratios).toFixed(2)} (${ratios.map((r) => r.toFixed(2)).join(', ')})`
+      : '–',
+    String(mine(store).reduce((n, c) => n + c.failed, 0)),
+  ]);
+});
+
+// Replay of the throughput cells' logs: written by up to 64 unpaced writers, so commit order and
+// position order differ the most.
+const replayRows: string[][] = [];
+for (const store of ['replikit', 'emmett'] as const) {
+  const log = await logIds(urls[store], store);
+  const replikit =
+    store === 'replikit'
+      ? createEventStore({
+          connection: urls.replikit,
+          observer: { onProjectionBatch: (event) => batchCommitted.get(event.projection)?.() },
+        })
+      : undefined;
+  const started = performance.now();
+  const replay =
+    store === 'replikit'
+      ? replikitConsumer(replikit!, 'bench_throughput_replay', new Map())
+      : emmettConsumer(urls.emmett, 'bench_throughput_replay', new Map());
+  await settle(replay, log.size, 3000, 120_000);
+  const seconds = (performance.now() - started) / 1000;
+  await replay.stop();
+  await replikit?.close();
+  const result = missed(log, replay.applied);
+  progress(`${store}: replay of ${log.size} events missed ${result.missed}`);
+  replayRows.push([
+    store === 'replikit' ? 'replikit' : 'Emmett 0.42',
+    String(log.size),
+    `${result.missed} (${((100 * result.missed) / Math.max(1, log.size)).toFixed(2)} %)`,
+    String(result.duplicates),
+    (new Set(replay.applied).size / seconds).toFixed(0),
+  ]);
+}
+
+progress(`projection lag at ${RATE} events/s from ${LAG_WRITERS} writers for ${LAG_SECONDS} s`);
+const lagResults: LagResult[] = [];
+for (const store of ['replikit', 'emmett'] as const) {
+  const url = await freshDatabase(stack, `bench_events_lag_${store}`, store);
+  const result = await lagCell(url, store);
+  lagResults.push(result);
+  progress(
+    `${store}: ${result.appended} appended at ${result.ratePerSecond.toFixed(0)}/s; lag p50 ${ms(result.p50)} ms, p99 ${ms(result.p99)} ms; missed live ${result.liveMissed}, replay ${result.replayMissed}`,
+  );
+}
+
+const lagRows = lagResults.map((r) => [
+  r.store === 'replikit' ? 'replikit' : 'Emmett 0.42',
+  String(r.appended),
+  r.ratePerSecond.toFixed(0),
+  ms(r.p50),
+  ms(r.p99),
+  ms(r.max),
+  `${r.liveMissed} (${((100 * r.liveMissed) / Math.max(1, r.appended)).toFixed(2)} %)`,
+  `${r.replayMissed} (${((100 * r.replayMissed) / Math.max(1, r.appended)).toFixed(2)} %)`,
+  `${r.liveDuplicates} / ${r.replayDuplicates}`,
+]);
+
+process.stdout.write(
+  [
+    `Command: \`${COMMAND}\``,
+    '',
+    `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(
+        ' ',
+      )} at the end; PostgreSQL ${settings!.version} (synchronous_commit=${settings!.sync}, fsync=${settings!.fsync}), primary with 2 asynchronous streaming replicas, loopback.`,
+    '',
+    `Append throughput: ${ROUNDS} rounds, ${WARMUP} s warm-up + ${SECONDS} s per cell, stores alternating within each round.`,
+    '',
+    table(
+      [
+        'writers / append size',
+        'store',
+        'events/s (median)',
+        'events/s per round',
+        'append p50 (ms)',
+        'append p99 (ms)',
+        'replikit / Emmett (per round)',
+        'failed',
+      ],
+      throughputRows,
+    ),
+    '',
+    'Replay of the append-throughput logs (written by 1 to 64 unpaced concurrent writers) by a new consumer from the start, checked against a recount of the log.',
+    '',
+    table(
+      [
+        'store',
+        'events in the log',
+        'missed on replay',
+        'applied twice',
+        'replay rate (events/s, incl. 3 s settle)',
+      ],
+      replayRows,
+    ),
+    '',
+    `Projection lag and missed events at ${RATE} events/s from ${LAG_WRITERS} concurrent writers (1 event per append) for ${LAG_SECONDS} s; lag from append acknowledgement to the consumer applying the event.`,
+    '',
+    table(
+      [
+        'store',
+        'events appended',
+        'rate achieved (/s)',
+        'lag p50 (ms)',
+        'lag p99 (ms)',
+        'lag max (ms)',
+        'missed live',
+        'missed on replay',
+        'applied twice (live / replay)',
+      ],
+      lagRows,
+    ),
+    '',
+  ].join('\n'),
+);
+await stack.query('primary', 'select 1');
+progress(
+  'done (the bench stack keeps running; `npm run stack -- stop --dir .replikit/bench` stops it)',
+);

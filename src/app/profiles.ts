@@ -1,0 +1,264 @@
+import type { Request } from 'express';
+import { Router } from 'express';
+import { z } from 'zod';
+
+import type { Migration } from '../db/migrate.js';
+import { ReplikitError } from '../errors.js';
+import {
+  createReadModel,
+  EVENT_STORE_MIGRATIONS,
+  formatPosition,
+  parsePosition,
+  type EventStore,
+  type GlobalPosition,
+  type ProjectionDefinition,
+  type ReadModel,
+} from '../events/index.js';
+import { parseInput } from '../http/validation.js';
+import { currentSession, type Cluster } from '../routing/index.js';
+
+/** The HTTP contract of read-your-writes on the profile read model. */
+export const PROFILE_HEADERS = {
+  /**
+   * Response to a write: the appended event's place in the log. Request to a read: the read
+   * must reflect the events up to there (the caller's own writes).
+   */
+  position: 'X-Projection-Position',
+  /** Response to a read: `true` when the projection did not reach the requested position in time. */
+  stale: 'X-Projection-Stale',
+} as const;
+
+/**
+ * The profiles demo's schema: the event store's tables. The read model's tables are created by
+ * the projection itself when each version registers (`user_profiles_v<N>`, `user_follows_v<N>`,
+ * and the views `user_profiles`, `user_follows` on the active version).
+ */
+export const PROFILES_MIGRATIONS: readonly Migration[] = EVENT_STORE_MIGRATIONS;
+
+/** `UserProfileUpdated` data. */
+export interface ProfileUpdated {
+  readonly userId: string;
+  readonly name?: string;
+  readonly email?: string;
+}
+
+/** `UserFollowed` data. */
+export interface UserFollowed {
+  readonly userId: string;
+  readonly targetId: string;
+}
+
+/** A profile as `GET /users/:id/profile` shows it. */
+export interface Profile {
+  readonly id: string;
+  readonly name: string | null;
+  readonly email: string | null;
+  readonly followers: number;
+  readonly following: number;
+  /** True when the caller asked for its own writes and the projection was late: they may be missing. */
+  readonly stale: boolean;
+}
+
+/**
+ * Builds the profile read model: one row per user with name, email and follower and following
+ * counts, and the set of follows (so following someone twice counts once).
+ */
+export const PROFILES_PROJECTION: ProjectionDefinition = {
+  name: 'profiles',
+  readModels: ['user_profiles', 'user_follows'],
+  handles: ['UserProfileUpdated', 'UserFollowed'],
+  setup: async (db, ctx) => {
+    await db.query(`create table ${ctx.table('user_profiles')} (
+      user_id uuid primary key,
+      name text,
+      email text,
+      followers int not null default 0,
+      following int not null default 0)`);
+    await db.query(`create table ${ctx.table('user_follows')} (
+      user_id uuid not null,
+      target_id uuid not null,
+      primary key (user_id, target_id))`);
+  },
+  apply: async (events, db, ctx) => {
+    const profiles = ctx.table('user_profiles');
+    const follows = ctx.table('user_follows');
+    for (const event of events) {
+      if (event.type === 'UserProfileUpdated') {
+        const data = event.data as ProfileUpdated;
+        await db.query(
+          `insert into ${profiles} (user_id, name, email) values ($1, $2, $3)
+           on conflict (user_id) do update set
+             name = coalesce(excluded.name, ${profiles}.name),
+             email = coalesce(excluded.email, ${profiles}.email)`,
+          [data.userId, data.name ?? null, data.email ?? null],
+        );
+      } else {
+        const data = event.data as UserFollowed;
+        await db.query(
+          `with followed as (
+             insert into ${follows} (user_id, target_id) values ($1, $2)
+             on conflict do nothing returning user_id, target_id)
+           insert into ${profiles} (user_id, followers, following)
+           select target_id, 1, 0 from followed
+           union all select user_id, 0, 1 from followed
+           on conflict (user_id) do update set
+             followers = ${profiles}.followers + excluded.followers,
+             following = ${profiles}.following + excluded.following`,
+          [data.userId, data.targetId],
+        );
+      }
+    }
+  },
+};
+
+/** What the profiles demo needs; see {@link profilesRouter}. */
+export interface ProfilesOptions {
+  /** The store the commands append to; its connection is the cluster's primary. */
+  readonly store: EventStore;
+  /** Routes the read-model queries. */
+  readonly cluster: Cluster;
+  /** How long a read waits for the projection to reach the caller's writes. Default 2000 ms. */
+  readonly waitTimeoutMs?: number;
+}
+
+const name = z
+  .string()
+  .trim()
+  .min(1, 'must not be empty')
+  .max(200, 'must be at most 200 characters');
+const email = z.email('must be an email address').max(320);
+const patchBody = z
+  .strictObject({ name: name.optional(), email: email.optional() })
+  .refine(
+    (body) => body.name !== undefined || body.email !== undefined,
+    'give name, email or both',
+  );
+const followBody = z.strictObject({ targetId: z.uuid('must be a UUID') });
+const idParam = z.strictObject({ id: z.uuid('must be a UUID') });
+const projectionParam = z.strictObject({ name: z.literal('profiles') });
+
+function streamOf(userId: string): string {
+  return `user-${userId}`;
+}
+
+/** The position a read must reach: the request's header, else everything when the caller asked for its own writes. */
+function requiredPosition(req: Request): GlobalPosition | 'latest' | undefined {
+  const header = req.get(PROFILE_HEADERS.position);
+  if (header !== undefined && header.trim() !== '') {
+    const position = parsePosition(header);
+    if (position === undefined) {
+      throw new ReplikitError(
+        'VALIDATION_FAILED',
+        `${PROFILE_HEADERS.position} must be a position as a write returned it, such as 1234.56`,
+        { details: { issues: [{ path: PROFILE_HEADERS.position, message: 'not a position' }] } },
+      );
+    }
+    return position;
+  }
+  // Without a position, a caller that explicitly asked for read-your-writes (or stronger) and
+  // carries a token from a write gets everything committed so far: more than it needs, never less.
+  const session = currentSession();
+  const level = session?.consistency?.level;
+  if (
+    (level === 'read-your-writes' || level === 'monotonic' || level === 'strong') &&
+    (session?.token?.written ?? 0n) > 0n
+  ) {
+    return 'latest';
+  }
+  return undefined;
+}
+
+/**
+ * The CQRS demo: commands append events, `GET` reads the projection's read model.
+ *
+ * - `PATCH /users/:id/profile` `{name?, email?}` → 200 `{ position }`, appends `UserProfileUpdated`;
+ * - `POST /users/:id/follow` `{targetId}` → 202 `{ position }` at once, appends `UserFollowed`;
+ * - `GET /users/:id/profile` → 200 the profile or 404. Eventually consistent by default (any
+ *   replica); with `X-Projection-Position` from an earlier write (or `X-Consistency:
+ *   read-your-writes` and a token from a write), it waits for the projection and reads from a
+ *   replica that has replayed it, and says `stale` when the wait ran out;
+ * - `POST /projections/profiles/rebuild` → 202 `{ version }`: builds a new version beside the
+ *   serving one, which takes over once caught up (the runner lives in this process).
+ *
+ * Writes answer with `X-Projection-Position`.
+ */
+export function profilesRouter(options: ProfilesOptions): Router {
+  const { store, cluster } = options;
+  const readModel: ReadModel = createReadModel({
+    store,
+    cluster,
+    projection: PROFILES_PROJECTION.name,
+    waitTimeoutMs: options.waitTimeoutMs ?? 2000,
+    onTimeout: 'stale',
+  });
+  const router = Router();
+
+  router.patch('/users/:id/profile', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    const body = parseInput(patchBody, req.body, 'body');
+    const data: ProfileUpdated = {
+      userId: id,
+      ...(body.name === undefined ? {} : { name: body.name }),
+      ...(body.email === undefined ? {} : { email: body.email }),
+    };
+    const result = await store.append(streamOf(id), [{ type: 'UserProfileUpdated', data }]);
+    const position = formatPosition(result.position);
+    res.set(PROFILE_HEADERS.position, position).json({ position });
+  });
+
+  router.post('/users/:id/follow', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    const { targetId } = parseInput(followBody, req.body, 'body');
+    if (targetId === id) {
+      throw new ReplikitError('VALIDATION_FAILED', 'a user cannot follow themselves', {
+        details: { issues: [{ path: 'targetId', message: 'must not be the user itself' }] },
+      });
+    }
+    const data: UserFollowed = { userId: id, targetId };
+    const result = await store.append(streamOf(id), [{ type: 'UserFollowed', data }]);
+    const position = formatPosition(result.position);
+    // Accepted: the follower counts change when the projection applies it.
+    res.status(202).set(PROFILE_HEADERS.position, position).json({ position });
+  });
+
+  router.get('/users/:id/profile', async (req, res) => {
+    const { id } = parseInput(idParam, req.params, 'path');
+    const after = requiredPosition(req);
+    const result = await readModel.query<{
+      name: string | null;
+      email: string | null;
+      followers: number;
+      following: number;
+    }>(
+      'select name, email, followers, following from user_profiles where user_id = $1',
+      [id],
+      after !== undefined
+        ? { after }
+        : currentSession()?.consistency === undefined
+          ? { consistency: { level: 'eventual' } }
+          : {},
+    );
+    res.set(PROFILE_HEADERS.stale, String(result.stale));
+    const row = result.rows[0];
+    if (row === undefined && !result.stale) {
+      throw new ReplikitError('NOT_FOUND', `no profile for user ${id}`, { details: { id } });
+    }
+    const profile: Profile = {
+      id,
+      name: row?.name ?? null,
+      email: row?.email ?? null,
+      followers: row?.followers ?? 0,
+      following: row?.following ?? 0,
+      stale: result.stale,
+    };
+    res.json(profile);
+  });
+
+  router.post('/projections/:name/rebuild', async (req, res) => {
+    parseInput(projectionParam, req.params, 'path');
+    const runner = await store.rebuildProjection(PROFILES_PROJECTION);
+    res.status(202).json({ projection: PROFILES_PROJECTION.name, version: runner.version });
+  });
+
+  return router;
+}

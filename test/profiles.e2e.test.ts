@@ -1,0 +1,106 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { createApp } from '../src/app/app.js';
+import { loadConfig } from '../src/app/config.js';
+import { PROFILE_HEADERS, PROFILES_PROJECTION } from '../src/app/profiles.js';
+import { listen, type RunningServer } from '../src/app/server.js';
+import { createEventStore, type EventStore } from '../src/events/index.js';
+import { createCluster, type Cluster } from '../src/routing/index.js';
+import { createLogger } from '../src/telemetry/logger.js';
+import { createMetricsRegistry } from '../src/telemetry/metrics.js';
+import { migrateEvents } from './support/events.js';
+import { jsonClient, problem } from './support/http.js';
+import { createTestDatabase, type TestDatabase } from './support/stack.js';
+
+let db: TestDatabase;
+let store: EventStore;
+let cluster: Cluster;
+let server: RunningServer;
+let base = '';
+const call = jsonClient(() => base);
+
+beforeAll(async () => {
+  db = await createTestDatabase('profiles');
+  await migrateEvents(db.primaryUrl);
+  store = createEventStore({ connection: db.primaryUrl });
+  cluster = createCluster({ primary: db.primaryUrl, replicas: db.replicaUrls });
+  await cluster.ready();
+  await store.startProjection(PROFILES_PROJECTION).activated;
+  server = await listen(
+    createApp({
+      config: loadConfig({}),
+      logger: createLogger({ level: 'silent', service: 'test' }),
+      cluster,
+      registry: createMetricsRegistry(),
+      profiles: { store, cluster },
+    }),
+    { port: 0, host: '127.0.0.1' },
+  );
+  base = server.url;
+});
+
+afterAll(async () => {
+  await server?.close();
+  await store?.close();
+  await cluster?.close();
+  await db?.drop();
+});
+
+describe('profiles demo (CQRS over the event store)', () => {
+  it('reads its own follows and profile updates through the read model when it passes the position', async () => {
+    const ada = randomUUID();
+    const patched = await call('PATCH', `/users/${ada}/profile`, {
+      body: { name: 'Ada', email: 'ada@example.com' },
+    });
+    expect(patched.status).toBe(200);
+    for (let i = 1; i <= 10; i++) {
+      const follow = await call('POST', `/users/${randomUUID()}/follow`, {
+        body: { targetId: ada },
+      });
+      expect(follow.status).toBe(202);
+      const position = follow.headers.get(PROFILE_HEADERS.position)!;
+      const read = await call('GET', `/users/${ada}/profile`, {
+        headers: { [PROFILE_HEADERS.position]: position },
+      });
+      expect(read.status).toBe(200);
+      expect(read.headers.get(PROFILE_HEADERS.stale)).toBe('false');
+      expect(read.body).toMatchObject({
+        name: 'Ada',
+        email: 'ada@example.com',
+        followers: i,
+        stale: false,
+      });
+    }
+  });
+
+  it('answers problems for bad input', async () => {
+    const id = randomUUID();
+    expect(
+      problem(await call('POST', `/users/${id}/follow`, { body: { targetId: id } })).status,
+    ).toBe(400);
+    expect(
+      problem(
+        await call('GET', `/users/${id}/profile`, {
+          headers: { [PROFILE_HEADERS.position]: 'soon' },
+        }),
+      ).status,
+    ).toBe(400);
+    expect(problem(await call('GET', `/users/${randomUUID()}/profile`)).status).toBe(404);
+  });
+
+  it('rebuilds the projection beside the serving one and switches over', async () => {
+    const rebuilt = await call('POST', '/projections/profiles/rebuild');
+    expect(rebuilt.status).toBe(202);
+    expect(rebuilt.body).toMatchObject({ version: 2 });
+    const active = await store.waitForProjection('profiles', 'latest', { timeoutMs: 30_000 });
+    expect(active.reached).toBe(true);
+    const deadline = Date.now() + 30_000;
+    while (
+      (await store.projections('profiles')).find((p) => p.status === 'active')?.version !== 2
+    ) {
+      if (Date.now() > deadline) throw new Error('version 2 did not take over within 30 s');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  });
+});
