@@ -4,10 +4,12 @@ import { createApp } from '../src/app/app.js';
 import { loadConfig } from '../src/app/config.js';
 import { MIGRATIONS } from '../src/app/migrations.js';
 import type { OrderInput } from '../src/app/orders/order-saga.js';
+import { createOrderChoreography, type OrderChoreography } from '../src/app/orders/choreography.js';
 import type { Order } from '../src/app/orders/routes.js';
 import { listen, type RunningServer } from '../src/app/server.js';
 import { migrate } from '../src/db/migrate.js';
 import type { SagaDetailsView, SagaView } from '../src/http/sagas.js';
+import { createPostgresTransport, type Transport } from '../src/messaging/index.js';
 import { createCluster, type Cluster } from '../src/routing/index.js';
 import { createSagaEngine, type SagaDefinition, type SagaEngine } from '../src/saga/index.js';
 import type { LocalStack } from '../src/stack/index.js';
@@ -29,6 +31,8 @@ let cluster: Cluster;
 let orders: Cluster;
 let engine: SagaEngine;
 let saga: SagaDefinition<OrderInput>;
+let transport: Transport;
+let choreography: OrderChoreography;
 const servers: RunningServer[] = [];
 let base: string;
 let noFaultsBase: string;
@@ -61,13 +65,16 @@ beforeAll(async () => {
     pollIntervalMs: 100,
   });
   await engine.start();
+  transport = createPostgresTransport({ database: dbs.pools.orders, pollIntervalMs: 100 });
+  choreography = createOrderChoreography({ databases: dbs.pools, transport });
+  await choreography.start();
   const app = (faults: boolean) =>
     createApp({
       config: loadConfig({ REPLIKIT_BODY_LIMIT: '2kb' }),
       logger: createLogger({ level: 'silent', service: 'test' }),
       cluster,
       registry: createMetricsRegistry(),
-      orders: { engine, saga, orders, waitMs: 2000, faults },
+      orders: { engine, saga, orders, waitMs: 2000, faults, choreography },
     });
   for (const faults of [true, false]) {
     servers.push(await listen(app(faults), { port: 0, host: '127.0.0.1' }));
@@ -83,6 +90,8 @@ afterEach(async () => {
 afterAll(async () => {
   await Promise.all(servers.map((server) => server.close()));
   await engine?.close();
+  await choreography?.close();
+  await transport?.close();
   await Promise.all([cluster?.close(), orders?.close()]);
   await Promise.all([appDb?.drop(), dbs?.drop()]);
 });
@@ -204,6 +213,50 @@ describe('orders over HTTP', () => {
     });
     expect(response.status).toBe(400);
     expect(((await response.json()) as { detail: string }).detail).toMatch(/REPLIKIT_DEMO_FAULTS/);
+  });
+
+  it('runs the same flow by events: confirmed, or rejected with the reason, the books balanced', async () => {
+    const placed = await call('POST', '/orders?flow=choreography', { body: order() });
+    expect(placed.status).toBe(201);
+    expect(placed.body).toMatchObject({
+      status: 'confirmed',
+      flow: 'choreography',
+      sagaId: null,
+      reason: null,
+    });
+    const id = (placed.body as Order).id;
+    expect(placed.headers.get('location')).toBe(`/orders/${id}`);
+    const read = await call('GET', `/orders/${id}`, {
+      headers: { 'x-consistency-token': placed.headers.get('x-consistency-token')! },
+    });
+    expect(read.body).toMatchObject({ status: 'confirmed', flow: 'choreography' });
+
+    for (const [reason, overrides] of [
+      [
+        'insufficient_stock',
+        {
+          items: [
+            { sku: 'sku-4', qty: 1000 },
+            { sku: 'sku-4', qty: 1000 },
+          ],
+        },
+      ],
+      ['payment_declined', { amount: 50_000 }],
+    ] as const) {
+      const refused = await call('POST', '/orders?flow=choreography', { body: order(overrides) });
+      expect(refused.status).toBe(201);
+      expect(refused.body).toMatchObject({ status: 'rejected', reason, flow: 'choreography' });
+    }
+    // The stock of the declined order is released by the inventory service when it hears of the
+    // decline, after the orders service has: wait for it.
+    await eventually(async () =>
+      (await countBooks(dbs.pools)).problems.length === 0 ? true : undefined,
+    );
+    const refusedKey = await call('POST', '/orders?flow=choreography', {
+      body: order(),
+      headers: { 'idempotency-key': 'k' },
+    });
+    expect(problem(refusedKey).code).toBe('VALIDATION_FAILED');
   });
 
   // Last: its failing compensations open the inventory service's circuit breaker for a while.

@@ -183,8 +183,14 @@ describe('with existing servers', () => {
     const admin = new pg.Client({ connectionString: db.primaryUrl });
     await admin.connect();
     try {
-      const { rows } = await admin.query<{ id: string }>('select id from replikit_migrations');
-      expect(rows.map((row) => row.id)).toEqual(['0001-users', 'replikit-events-0001-log']);
+      const { rows } = await admin.query<{ id: string }>(
+        'select id from replikit_migrations order by applied_at, id',
+      );
+      expect(rows.map((row) => row.id)).toEqual([
+        '0001-users',
+        'replikit-events-0001-log',
+        'replikit-message-queue-0001',
+      ]);
       const busy = await admin.query<{ n: number }>(
         "select count(*)::int as n from pg_stat_activity where application_name like 'replikit%' and datname = $1",
         [db.name],

@@ -170,6 +170,11 @@ export const configSchema = z
       .transform((value) => value === 'true' || value === '1'),
     /** How long `POST /orders` waits for its saga before answering 202 instead of 201. */
     REPLIKIT_ORDER_WAIT_MS: wholeNumber(0, 60_000).default(1_000),
+    /**
+     * NATS servers (comma-separated `host:port`) for the choreographed order flow's messages, over
+     * JetStream. Unset: they travel through PostgreSQL, in the service's own database.
+     */
+    REPLIKIT_NATS_URL: z.string().trim().min(1).optional(),
     /** A saga's lease: another process resumes the sagas of one that died within about this long. */
     REPLIKIT_SAGA_LEASE_MS: wholeNumber(100, 3_600_000).default(15_000),
     REPLIKIT_STACK_DIR: z.string().trim().min(1).default('.replikit'),

@@ -43,7 +43,10 @@ import { createEventStore } from '../events/index.js';
 import { createEventMetrics } from '../telemetry/event-metrics.js';
 import { PROFILES_MIGRATIONS, PROFILES_PROJECTION } from './profiles.js';
 import { createSagaMetrics } from '../telemetry/saga-metrics.js';
+import { createOrderChoreography, ORDERS_FLOW_MIGRATIONS } from './orders/choreography.js';
 import { createOrderSaga, ORDERS_MIGRATIONS } from './orders/order-saga.js';
+import { createPostgresTransport, type Transport } from '../messaging/index.js';
+import { createOutboxMetrics } from '../telemetry/outbox-metrics.js';
 import {
   INVENTORY_MIGRATIONS,
   InventoryService,
@@ -110,7 +113,7 @@ function orderDatabases(config: Config) {
     orders: {
       database: config.REPLIKIT_ORDERS_DATABASE,
       variable: 'REPLIKIT_ORDERS_DATABASE',
-      migrations: [...ORDERS_MIGRATIONS, ...SAGA_MIGRATIONS],
+      migrations: [...ORDERS_MIGRATIONS, ...SAGA_MIGRATIONS, ...ORDERS_FLOW_MIGRATIONS],
     },
     payments: {
       database: config.REPLIKIT_PAYMENTS_DATABASE,
@@ -396,6 +399,33 @@ class Service {
     if (config.REPLIKIT_DEMO_FAULTS) logger.warn('fault injection is on (REPLIKIT_DEMO_FAULTS)');
     signal.throwIfAborted();
 
+    // The same order flow by events: each service's outbox, a relay each, a consumer each.
+    let transport: Transport;
+    if (config.REPLIKIT_NATS_URL === undefined) {
+      transport = createPostgresTransport({ database: cluster.primary });
+    } else {
+      // Only a service that uses NATS loads its client.
+      const { createNatsTransport } = await import('../messaging/nats-transport.js');
+      transport = createNatsTransport({
+        servers: config.REPLIKIT_NATS_URL.split(',').map((server) => server.trim()),
+        stream: 'replikit_orders',
+        logger: logger.child({ component: 'nats' }),
+      });
+    }
+    this.#cleanups.push({ what: 'message transport', run: () => transport.close() });
+    const outboxMetrics = createOutboxMetrics(registry, { logger });
+    const choreography = createOrderChoreography({
+      databases: orderPools,
+      transport,
+      logger: logger.child({ component: 'choreography' }),
+      relayObserver: outboxMetrics.relayObserver,
+      consumerObserver: outboxMetrics.consumerObserver,
+    });
+    for (const relay of choreography.relays) outboxMetrics.attach(relay);
+    this.#cleanups.push({ what: 'order choreography', run: () => choreography.close() });
+    await step('start the choreographed order flow', () => choreography.start());
+    signal.throwIfAborted();
+
     const app = createApp({
       config,
       logger,
@@ -409,6 +439,7 @@ class Service {
         orders: ordersCluster,
         waitMs: config.REPLIKIT_ORDER_WAIT_MS,
         faults: config.REPLIKIT_DEMO_FAULTS,
+        choreography,
       },
     });
     const server = await listen(app, { port: config.PORT, host: config.HOST });

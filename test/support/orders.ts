@@ -19,6 +19,7 @@ import {
   SHIPPING_MIGRATIONS,
   ShippingService,
 } from '../../src/app/orders/services.js';
+import { ORDERS_FLOW_MIGRATIONS } from '../../src/app/orders/choreography.js';
 import { SAGA_MIGRATIONS } from '../../src/saga/index.js';
 import { createTestDatabase, type TestDatabase } from './stack.js';
 
@@ -52,7 +53,11 @@ export async function createOrderDatabases(prefix: string): Promise<OrderDatabas
     inventory: pool(inventory),
     shipping: pool(shipping),
   };
-  await migrate(pools.orders, [...ORDERS_MIGRATIONS, ...SAGA_MIGRATIONS]);
+  await migrate(pools.orders, [
+    ...ORDERS_MIGRATIONS,
+    ...SAGA_MIGRATIONS,
+    ...ORDERS_FLOW_MIGRATIONS,
+  ]);
   await migrate(pools.payments, PAYMENTS_MIGRATIONS);
   await migrate(pools.inventory, INVENTORY_MIGRATIONS);
   await migrate(pools.shipping, SHIPPING_MIGRATIONS);

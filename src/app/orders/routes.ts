@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { Router } from 'express';
 import { z } from 'zod';
@@ -8,6 +9,7 @@ import { parseInput } from '../../http/validation.js';
 import type { Cluster } from '../../routing/index.js';
 import type { SagaDefinition, SagaEngine, SagaRecord } from '../../saga/index.js';
 import type { Logger } from '../../telemetry/logger.js';
+import type { OrderChoreography } from './choreography.js';
 import { faultSchema, type OrderInput } from './order-saga.js';
 
 /** What the order demo needs; see {@link ordersRouter}. */
@@ -20,6 +22,8 @@ export interface OrdersOptions {
   readonly waitMs?: number;
   /** Accept `faults` in the body. Default false. */
   readonly faults?: boolean;
+  /** The same flow by events (`?flow=choreography`); refused when absent. */
+  readonly choreography?: Pick<OrderChoreography, 'placeOrder'>;
 }
 
 /** An order as the API shows it. */
@@ -32,8 +36,11 @@ export interface Order {
   readonly status: 'pending' | 'confirmed' | 'rejected';
   /** Why it was rejected (`insufficient_stock`, `payment_declined`, ...). */
   readonly reason: string | null;
-  readonly sagaId: string;
-  readonly sagaStatus: string;
+  /** How it was placed: `orchestration` (a saga) or `choreography` (events). */
+  readonly flow: 'orchestration' | 'choreography';
+  /** The saga of an orchestrated order; null for a choreographed one. */
+  readonly sagaId: string | null;
+  readonly sagaStatus: string | null;
 }
 
 const orderBody = z.strictObject({
@@ -53,9 +60,7 @@ const orderBody = z.strictObject({
 
 const orderQuery = z.strictObject({
   flow: z
-    .enum(['orchestration'], {
-      error: 'must be orchestration (the choreography flow is not available yet)',
-    })
+    .enum(['orchestration', 'choreography'], { error: 'must be orchestration or choreography' })
     .default('orchestration'),
 });
 
@@ -74,7 +79,8 @@ interface OrderRow {
   amount: string;
   status: Order['status'];
   reason: string | null;
-  saga_id: string;
+  flow: Order['flow'];
+  saga_id: string | null;
   saga_status: string | null;
 }
 
@@ -86,8 +92,9 @@ function toOrder(row: OrderRow): Order {
     amount: Number(row.amount),
     status: row.status,
     reason: row.reason,
+    flow: row.flow,
     sagaId: row.saga_id,
-    sagaStatus: row.saga_status ?? 'unknown',
+    sagaStatus: row.saga_status,
   };
 }
 
@@ -103,14 +110,15 @@ function fromSaga(record: SagaRecord): Order {
     status:
       status === 'completed' ? 'confirmed' : status === 'compensated' ? 'rejected' : 'pending',
     reason: status === 'compensated' ? (record.state.failure?.reason ?? null) : null,
+    flow: 'orchestration',
     sagaId: record.id,
     sagaStatus: status,
   };
 }
 
 const ORDER_SQL = `
-  select o.id, o.customer_id, o.items, o.amount::text as amount, o.status, o.reason, o.saga_id,
-         s.status as saga_status
+  select o.id, o.customer_id, o.items, o.amount::text as amount, o.status, o.reason, o.flow,
+         o.saga_id, s.status as saga_status
   from orders o left join replikit_sagas s on s.id = o.saga_id
   where o.id = $1`;
 
@@ -124,6 +132,9 @@ const ORDER_SQL = `
  *   `pending` and `Location: /sagas/<id>`. An `Idempotency-Key` header makes a retried request
  *   return the first one's order instead of placing a second. With faults enabled,
  *   `faults: [{ step, phase, action, times, ms }]` injects a failure or delay at a step.
+ * - `POST /orders?flow=choreography` runs the same business flow by events: each service reacts to
+ *   the previous one's event, published through its transactional outbox; 201 once the order is
+ *   confirmed or rejected within the wait, else 202 (`Location: /orders/<id>`).
  * - `GET /orders/:id` → 200 {@link Order}, read through the router (read-your-writes by default).
  *
  * Demo customers are `c1`…`c20` (10,000 each); products `sku-1`…`sku-10` (1,000 units each).
@@ -133,8 +144,21 @@ export function ordersRouter(options: OrdersOptions & { readonly logger: Logger 
   const waitMs = options.waitMs ?? 1000;
   const router = Router();
 
+  /** Reads the order on the primary until it settles or `waitMs` passes. */
+  async function settledOrder(id: string): Promise<Order | undefined> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const { rows } = await orders.read<OrderRow & Record<string, unknown>>(ORDER_SQL, [id], {
+        consistency: { level: 'strong' },
+      });
+      const order = rows[0] === undefined ? undefined : toOrder(rows[0]);
+      if (order === undefined || order.status !== 'pending' || Date.now() >= deadline) return order;
+      await sleep(Math.min(25, deadline - Date.now()));
+    }
+  }
+
   router.post('/orders', async (req, res) => {
-    parseInput(orderQuery, req.query, 'query');
+    const { flow } = parseInput(orderQuery, req.query, 'query');
     const body = parseInput(orderBody, req.body, 'body');
     const key = parseInput(idempotencyKey, req.get('idempotency-key'), 'header');
     if (body.faults !== undefined && options.faults !== true) {
@@ -151,6 +175,40 @@ export function ordersRouter(options: OrdersOptions & { readonly logger: Logger 
       amount: body.amount,
       faults: body.faults ?? [],
     };
+    if (flow === 'choreography') {
+      if (options.choreography === undefined)
+        throw new ReplikitError(
+          'VALIDATION_FAILED',
+          'invalid query: flow: choreography is not set up here',
+          {
+            details: { issues: [{ path: 'flow', message: 'not available' }] },
+          },
+        );
+      if (key !== undefined || body.faults !== undefined)
+        throw new ReplikitError(
+          'VALIDATION_FAILED',
+          'invalid request: Idempotency-Key and faults apply to the orchestrated flow only',
+          { details: { issues: [{ path: 'flow', message: 'orchestration only' }] } },
+        );
+      await options.choreography.placeOrder({
+        orderId: input.orderId,
+        customerId: input.customerId,
+        items: input.items,
+        amount: input.amount,
+      });
+      const order = await settledOrder(input.orderId);
+      await orders
+        .write('select 1')
+        .catch((err: unknown) =>
+          logger.warn({ err, order: input.orderId }, 'no consistency token after placing an order'),
+        );
+      const settled = order !== undefined && order.status !== 'pending';
+      res
+        .status(settled ? 201 : 202)
+        .location(`/orders/${input.orderId}`)
+        .json(order);
+      return;
+    }
     const started = await engine.run(saga, input, key === undefined ? {} : { key: `order:${key}` });
     const record = await engine.wait(started.id, { timeoutMs: waitMs });
     // The saga's checkpoints went through the engine's own pool, so the session has no token for

@@ -8,11 +8,12 @@ import { StepRejected } from '../../saga/index.js';
  * reached only through its client here, as it would be over the network; every call that
  * changes something takes an idempotency key, and a compensation leaves a tombstone under the
  * same key so that a call arriving after its own compensation (a retry that was still in flight)
- * has no effect.
+ * has no effect. Every call is one statement, so it runs as well on a pool as inside a
+ * transaction of the caller's (an event consumer's, whose inbox row commits with it).
  */
 
-/** Something to run SQL on. */
-type Db = Pick<pg.Pool, 'query'>;
+/** Something to run SQL on: a pool, or a client inside a transaction. */
+type Db = Pick<pg.PoolClient, 'query'>;
 
 const CHECK_VIOLATION = '23514';
 const FOREIGN_KEY_VIOLATION = '23503';
@@ -183,12 +184,15 @@ export function mergeItems(items: readonly OrderItem[]): OrderItem[] {
 
 /** The inventory service: stock and reservations. */
 export class InventoryService {
-  constructor(private readonly pool: pg.Pool) {}
+  constructor(private readonly db: Db) {}
 
   /**
-   * Reserves every item, once per key, in one transaction.
+   * Reserves every item, once per key, in one statement: an unknown product writes nothing, and
+   * stock that would go negative fails the check constraint, so nothing is reserved.
    *
-   * @throws StepRejected `insufficient_stock` or `unknown_sku`; nothing is reserved.
+   * @throws StepRejected `insufficient_stock` or `unknown_sku`.
+   * @returns the reservation's status under the key: `reserved`, or `cancelled` when it was
+   *   released first.
    */
   async reserve(
     key: string,
@@ -196,54 +200,46 @@ export class InventoryService {
     lines: readonly OrderItem[],
   ): Promise<{ status: string }> {
     const items = mergeItems(lines);
-    const client = await this.pool.connect();
-    let broken = false;
     try {
-      await client.query('begin');
-      const inserted = await client.query<{ status: string }>(
-        `insert into reservations (key, order_id, items, status) values ($1, $2, $3, 'reserved')
-         on conflict (key) do nothing returning status`,
+      const { rows } = await this.db.query<{ unknown: string; status: string | null }>(
+        `with items as (
+           select * from jsonb_to_recordset($3::jsonb) as i(sku text, qty int)
+         ), unknown as (
+           select count(*) as n from items left join stock s using (sku) where s.sku is null
+         ), reserved as (
+           insert into reservations (key, order_id, items, status)
+           select $1, $2, $3, 'reserved' where (select n from unknown) = 0
+           on conflict (key) do nothing
+           returning status
+         ), taken as (
+           update stock s set available = s.available - i.qty
+           from items i
+           where s.sku = i.sku and exists (select 1 from reserved)
+           returning 1
+         )
+         select (select n from unknown) as unknown,
+                coalesce((select status from reserved),
+                         (select status from reservations where key = $1)) as status,
+                (select count(*) from taken) as taken`,
         [key, orderId, JSON.stringify(items)],
       );
-      if (inserted.rowCount === 0) {
-        const { rows } = await client.query<{ status: string }>(
-          'select status from reservations where key = $1',
-          [key],
-        );
-        await client.query('commit');
-        return { status: rows[0]?.status ?? 'reserved' };
-      }
-      const updated = await client.query(
-        `update stock s set available = s.available - i.qty
-         from jsonb_to_recordset($1::jsonb) as i(sku text, qty int)
-         where s.sku = i.sku`,
-        [JSON.stringify(items)],
-      );
-      if (updated.rowCount !== items.length) {
-        await client.query('rollback');
+      if (Number(rows[0]?.unknown ?? 0) > 0)
         throw new StepRejected('unknown_sku', 'an item names a product that does not exist', {
           skus: items.map((item) => item.sku),
         });
-      }
-      await client.query('commit');
-      return { status: 'reserved' };
+      return { status: rows[0]?.status ?? 'reserved' };
     } catch (err) {
-      await client.query('rollback').catch(() => {
-        broken = true;
-      });
       if (sqlState(err) === CHECK_VIOLATION)
         throw new StepRejected('insufficient_stock', 'not enough stock for every item', {
           items,
         });
       throw err;
-    } finally {
-      client.release(broken);
     }
   }
 
   /** Puts back what the reservation under `reserveKey` took, once; a tombstone when there was none. */
   async release(reserveKey: string, orderId: string, items: readonly OrderItem[]): Promise<void> {
-    await this.pool.query(
+    await this.db.query(
       `with released as (
          insert into reservations (key, order_id, items, status) values ($1, $2, $3, 'cancelled')
          on conflict (key) do update set status = 'released', updated_at = now()
