@@ -75,6 +75,7 @@ beforeAll(async () => {
       cluster,
       registry: createMetricsRegistry(),
       orders: { engine, saga, orders, waitMs: 2000, faults, choreography },
+      sagaEngines: [engine],
     });
   for (const faults of [true, false]) {
     servers.push(await listen(app(faults), { port: 0, host: '127.0.0.1' }));

@@ -150,6 +150,35 @@ describe('saga state machine', () => {
     expect(failing.failure?.reason).toBe('retries_exhausted');
   });
 
+  it('a pivot whose outcome stays unknown needs attention instead of compensating', () => {
+    const definition = saga(2, 1);
+    let state = initialTransition(definition).state;
+    state = transition(
+      definition,
+      state,
+      { kind: 'run', index: 0 },
+      { kind: 'completed', output: 1 },
+    ).state;
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      state = transition(
+        definition,
+        state,
+        { kind: 'run', index: 1 },
+        { kind: 'failed', message: 'x' },
+      ).state;
+    }
+    expect(state).toMatchObject({ status: 'needs_attention', pending: [] });
+    expect(state.attention).toMatchObject({ phase: 'forward', step: 's1' });
+    // A refusal at the pivot is definite: it did nothing, so the steps before it are undone.
+    const refused = transition(
+      definition,
+      { ...state, status: 'running', attempt: 1, attention: null },
+      { kind: 'run', index: 1 },
+      { kind: 'rejected', reason: 'no', message: 'refused' },
+    );
+    expect(refused.state).toMatchObject({ status: 'compensating', pending: [0] });
+  });
+
   it('a parked step keeps its attempt and waits', () => {
     const definition = saga(2);
     const state = initialTransition(definition).state;

@@ -189,6 +189,7 @@ describe('with existing servers', () => {
       expect(rows.map((row) => row.id)).toEqual([
         '0001-users',
         'replikit-events-0001-log',
+        'replikit-saga-0001-log',
         'replikit-message-queue-0001',
       ]);
       const busy = await admin.query<{ n: number }>(

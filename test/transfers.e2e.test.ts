@@ -12,6 +12,9 @@ import { createLogger } from '../src/telemetry/logger.js';
 import { createMetricsRegistry } from '../src/telemetry/metrics.js';
 import { createRoutingMetrics } from '../src/telemetry/routing-metrics.js';
 import { createCoordinator, type Coordinator } from '../src/twopc/index.js';
+import { createTransferSaga } from '../src/app/transfer-saga.js';
+import { ledgerOf } from '../src/app/transfers.js';
+import { createSagaEngine, SAGA_MIGRATIONS, type SagaEngine } from '../src/saga/index.js';
 import { jsonClient, problem } from './support/http.js';
 import { createTestDatabase, testStack, type TestDatabase } from './support/stack.js';
 
@@ -21,6 +24,7 @@ let ledgerDbs: Record<LedgerName, TestDatabase>;
 let cluster: Cluster;
 let ledgers: Record<LedgerName, Cluster>;
 let coordinator: Coordinator;
+let engine: SagaEngine;
 let running: RunningServer;
 let base: string;
 
@@ -100,7 +104,7 @@ beforeAll(async () => {
   metrics.attach(cluster);
   ledgers = { ledger_a: clusterOn(a), ledger_b: clusterOn(b) };
   await Promise.all([cluster.ready(), ledgers.ledger_a.ready(), ledgers.ledger_b.ready()]);
-  await migrate(cluster.primary, MIGRATIONS);
+  await migrate(cluster.primary, [...MIGRATIONS, ...SAGA_MIGRATIONS]);
   await migrate(ledgers.ledger_a.primary, ledgerMigrations('a'));
   await migrate(ledgers.ledger_b.primary, ledgerMigrations('b'));
   await stack.waitForReplicas();
@@ -112,13 +116,21 @@ beforeAll(async () => {
     recoveryIntervalMs: 0,
   });
   await coordinator.start();
+  const transferSaga = createTransferSaga((account) => ledgers[ledgerOf(account)].primary);
+  engine = createSagaEngine({
+    database: cluster.primary,
+    sagas: [transferSaga],
+    pollIntervalMs: 100,
+  });
+  await engine.start();
   running = await listen(
     createApp({
       config: loadConfig({ REPLIKIT_BODY_LIMIT: '1kb' }),
       logger: createLogger({ level: 'silent', service: 'test' }),
       cluster,
       registry,
-      transfers: { coordinator, ledgers },
+      transfers: { coordinator, ledgers, saga: { engine, definition: transferSaga } },
+      sagaEngines: [engine],
     }),
     { port: 0, host: '127.0.0.1' },
   );
@@ -132,6 +144,7 @@ afterEach(async () => {
 afterAll(async () => {
   await running?.close();
   await coordinator?.close();
+  await engine?.close();
   await Promise.all([cluster?.close(), ledgers?.ledger_a.close(), ledgers?.ledger_b.close()]);
   await Promise.all([appDb?.drop(), ledgerDbs?.ledger_a.drop(), ledgerDbs?.ledger_b.drop()]);
 });
@@ -164,6 +177,7 @@ describe('transfers over HTTP', () => {
       from: 'a3',
       to: 'b7',
       amount: 25,
+      mode: '2pc',
       transaction: expect.stringMatching(/^[0-9a-f]{32}$/) as unknown,
       pending: [],
     });
@@ -336,6 +350,56 @@ describe('atomicity under concurrency', () => {
   });
 });
 
+describe('the saga mode', () => {
+  it('moves money with a saga, reads it back with the token, and shows the saga', async () => {
+    const before = await balances();
+    const moved = await call('POST', '/transfers?mode=saga', {
+      body: { from: 'a4', to: 'b4', amount: 30 },
+    });
+    expect(moved.status).toBe(201);
+    expect(moved.body).toMatchObject({
+      from: 'a4',
+      to: 'b4',
+      amount: 30,
+      mode: 'saga',
+      status: 'completed',
+      pending: [],
+    });
+    const after = await balances();
+    expect(after.get('a4')).toBe(before.get('a4')! - 30);
+    expect(after.get('b4')).toBe(before.get('b4')! + 30);
+    const read = await call('GET', '/accounts/b4', {
+      headers: { 'x-consistency-token': moved.headers.get('x-consistency-token')! },
+    });
+    expect((read.body as Account).balance).toBe(after.get('b4'));
+    const saga = await call('GET', `/sagas/${(moved.body as Transfer).sagaId!}`);
+    expect(saga.body).toMatchObject({ saga: 'transfer', status: 'completed' });
+    // Put it back, so the totals below stay what the other tests expect.
+    await call('POST', '/transfers?mode=saga', { body: { from: 'b4', to: 'a4', amount: 30 } });
+  });
+
+  it('refuses an overdraft with 409 and changes nothing; refunds the debit when the credit is refused', async () => {
+    const before = await balances();
+    const overdraft = await call('POST', '/transfers?mode=saga', {
+      body: { from: 'a5', to: 'b5', amount: before.get('a5')! + 1 },
+    });
+    expect(overdraft.status).toBe(409);
+    expect(problem(overdraft).code).toBe('INSUFFICIENT_FUNDS');
+    const nowhere = await call('POST', '/transfers?mode=saga', {
+      body: { from: 'a5', to: 'b99', amount: 10 },
+    });
+    expect(nowhere.status).toBe(404);
+    expect(problem(nowhere).code).toBe('NOT_FOUND');
+    // The debit happened and was refunded: every balance is what it was.
+    expect(await balances()).toEqual(before);
+    const [entries] = await primaryQuery<{ statuses: string[] }>(
+      'ledger_a',
+      `select array_agg(status order by status) as statuses from saga_entries where account = 'a5'`,
+    );
+    expect(entries?.statuses).toEqual(['reversed']);
+  });
+});
+
 describe('bad input gets a 4xx problem, never a 500', () => {
   it.each([
     ['a string amount', { from: 'a1', to: 'b1', amount: '25' }, 'amount'],
@@ -359,18 +423,18 @@ describe('bad input gets a 4xx problem, never a 500', () => {
     expect(problem(response).detail).toContain(field);
   });
 
-  it('an unknown mode, with the allowed one named', async () => {
-    for (const query of ['?mode=saga', '?mode=', '?mode=2PC', '?mode=2pc&mode=2pc', '?other=1']) {
+  it('an unknown mode, with the allowed ones named', async () => {
+    for (const query of ['?mode=sagas', '?mode=', '?mode=2PC', '?mode=2pc&mode=2pc', '?other=1']) {
       const response = await call('POST', `/transfers${query}`, {
         body: { from: 'a1', to: 'b1', amount: 1 },
       });
       expect(response.status).toBe(400);
       expect(problem(response).code).toBe('VALIDATION_FAILED');
     }
-    const saga = await call('POST', '/transfers?mode=saga', {
+    const saga = await call('POST', '/transfers?mode=3pc', {
       body: { from: 'a1', to: 'b1', amount: 1 },
     });
-    expect(problem(saga).detail).toMatch(/mode: must be 2pc/);
+    expect(problem(saga).detail).toMatch(/mode: must be 2pc or saga/);
   });
 
   it('malformed JSON, no body, a body that is not JSON, a bad account id in the path', async () => {

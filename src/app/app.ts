@@ -14,6 +14,7 @@ import { sagaAdminRouter } from '../http/sagas.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { MetricsRegistry } from '../telemetry/metrics.js';
 import type { Cluster } from '../routing/index.js';
+import type { SagaEngine } from '../saga/index.js';
 import type { Config } from './config.js';
 import { ordersRouter, type OrdersOptions } from './orders/routes.js';
 import { profilesRouter, type ProfilesOptions } from './profiles.js';
@@ -37,10 +38,10 @@ export interface AppOptions {
   readonly transfers?: TransfersOptions;
   /** The CQRS demo (`/users/:id/profile`, `/users/:id/follow`); not mounted when absent. */
   readonly profiles?: ProfilesOptions;
-  /** The saga demo (`/orders`) and the saga admin API (`/sagas`); not mounted when absent. */
-  readonly orders?: OrdersOptions & {
-    readonly engine: OrdersOptions['engine'] & Parameters<typeof sagaAdminRouter>[0];
-  };
+  /** The saga demo (`/orders`); not mounted when absent. */
+  readonly orders?: OrdersOptions;
+  /** The engines whose sagas `/sagas` (the saga admin API) shows and acts on. */
+  readonly sagaEngines?: readonly SagaEngine[];
 }
 
 /**
@@ -51,7 +52,7 @@ export interface AppOptions {
  * - `GET /readyz` — 200 when the primary answers within the deadline, else 503; lists every node;
  * - `GET /metrics` — Prometheus text, or OpenMetrics when asked for;
  * - the demo resources: `/users` (read routing); given `transfers`, `/transfers` and
- *   `/accounts` (two-phase commit); given `orders`, `/orders` (sagas) and `/sagas` (their admin API);
+ *   `/accounts` (two-phase commit); given `orders`, `/orders` (sagas); given `sagaEngines`, `/sagas` (their admin API);
  *   given `profiles`, `/users/:id/profile` and `/users/:id/follow` (event sourcing and CQRS);
  * - any error, unknown route or unreadable body — `application/problem+json`.
  *
@@ -99,10 +100,9 @@ export function createApp(options: AppOptions): express.Express {
   app.use(usersRouter(cluster));
   if (options.profiles !== undefined) app.use(profilesRouter(options.profiles));
   if (options.transfers !== undefined) app.use(transfersRouter({ ...options.transfers, logger }));
-  if (options.orders !== undefined) {
-    app.use(ordersRouter({ ...options.orders, logger }));
-    app.use(sagaAdminRouter(options.orders.engine));
-  }
+  if (options.orders !== undefined) app.use(ordersRouter({ ...options.orders, logger }));
+  if (options.sagaEngines !== undefined && options.sagaEngines.length > 0)
+    app.use(sagaAdminRouter(options.sagaEngines));
 
   app.use(notFoundHandler());
   app.use(problemDetailsMiddleware({ logger }));

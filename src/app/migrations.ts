@@ -56,5 +56,22 @@ export function ledgerMigrations(prefix: 'a' | 'b'): readonly Migration[] {
         on conflict (id) do nothing;
       `,
     },
+    {
+      // The saga mode of the transfers demo: one row per debit or credit, keyed by its step's
+      // idempotency key; a reversal leaves the row (reversed, or cancelled when it came first)
+      // so that a retried debit arriving late has no effect.
+      id: '0003-saga-entries',
+      sql: `
+        create table saga_entries (
+          key text primary key,
+          transfer_id uuid not null,
+          account text not null,
+          amount bigint not null,
+          status text not null check (status in ('applied', 'reversed', 'cancelled')),
+          created_at timestamptz not null default now(),
+          updated_at timestamptz not null default now()
+        );
+      `,
+    },
   ];
 }

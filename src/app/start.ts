@@ -24,7 +24,8 @@ import { type Config, ConfigError, loadConfig, redactUrl } from './config.js';
 import { createApp } from './app.js';
 import { ledgerMigrations, MIGRATIONS } from './migrations.js';
 import { listen } from './server.js';
-import { LEDGERS, type LedgerName } from './transfers.js';
+import { createTransferSaga } from './transfer-saga.js';
+import { LEDGERS, ledgerOf, type LedgerName } from './transfers.js';
 import { withDatabase } from '../db/database-url.js';
 import { ensureDatabase } from '../db/ensure-database.js';
 import { migrate, type Migration } from '../db/migrate.js';
@@ -282,7 +283,11 @@ class Service {
         );
       }
     };
-    await migrateOn('on the primary', cluster.primary, [...MIGRATIONS, ...PROFILES_MIGRATIONS]);
+    await migrateOn('on the primary', cluster.primary, [
+      ...MIGRATIONS,
+      ...PROFILES_MIGRATIONS,
+      ...SAGA_MIGRATIONS,
+    ]);
 
     // The transfers demo: two ledger databases on the same servers, read through a routed
     // cluster each, written by the two-phase commit coordinator.
@@ -393,6 +398,18 @@ class Service {
       logger: logger.child({ component: 'saga' }),
     });
     sagaMetrics.attach(engine);
+    // The transfers demo's saga mode keeps its saga log in the service's own database.
+    const transferSaga = createTransferSaga((account) => ledgers[ledgerOf(account)].primary);
+    const transferEngine = createSagaEngine({
+      database: cluster.primary,
+      sagas: [transferSaga],
+      leaseMs: config.REPLIKIT_SAGA_LEASE_MS,
+      observer: sagaMetrics.observer,
+      logger: logger.child({ component: 'saga' }),
+    });
+    sagaMetrics.attach(transferEngine);
+    this.#cleanups.push({ what: 'transfer saga engine', run: () => transferEngine.close() });
+    await step('start the transfer saga engine', () => transferEngine.start());
     // Closed before the orders cluster (cleanups run in reverse): it hands its leases back first.
     this.#cleanups.push({ what: 'saga engine', run: () => engine.close() });
     await step('start the saga engine', () => engine.start());
@@ -431,7 +448,11 @@ class Service {
       logger,
       cluster,
       registry,
-      transfers: { coordinator, ledgers },
+      transfers: {
+        coordinator,
+        ledgers,
+        saga: { engine: transferEngine, definition: transferSaga },
+      },
       profiles: { store, cluster },
       orders: {
         engine,
@@ -441,6 +462,7 @@ class Service {
         faults: config.REPLIKIT_DEMO_FAULTS,
         choreography,
       },
+      sagaEngines: [engine, transferEngine],
     });
     const server = await listen(app, { port: config.PORT, host: config.HOST });
     this.#cleanups.push({

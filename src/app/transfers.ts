@@ -8,7 +8,9 @@ import { ReplikitError } from '../errors.js';
 import { parseInput } from '../http/validation.js';
 import { isConnectionError } from '../routing/connection-errors.js';
 import type { Cluster } from '../routing/index.js';
+import type { SagaDefinition, SagaEngine, SagaRecord } from '../saga/index.js';
 import type { Logger } from '../telemetry/logger.js';
+import type { TransferInput } from './transfer-saga.js';
 import {
   TwoPhaseError,
   type Coordinator,
@@ -37,6 +39,13 @@ export interface TransfersOptions {
   readonly concurrency?: number;
   /** Transfers that may wait for a turn; beyond that, 503 `TRANSFERS_BUSY`. Default 200. */
   readonly queue?: number;
+  /** The saga mode (`?mode=saga`); refused when absent. */
+  readonly saga?: {
+    readonly engine: Pick<SagaEngine, 'run' | 'wait'>;
+    readonly definition: SagaDefinition<TransferInput>;
+    /** How long to wait for the saga before answering 202. Default 2000 ms. */
+    readonly waitMs?: number;
+  };
 }
 
 /** An account as the API shows it. */
@@ -53,12 +62,18 @@ export interface Transfer {
   readonly from: string;
   readonly to: string;
   readonly amount: number;
-  /** The distributed transaction that committed it. */
-  readonly transaction: string;
+  /** How it was made: one distributed transaction, or a saga (debit, credit, refund on failure). */
+  readonly mode: '2pc' | 'saga';
+  /** The distributed transaction that committed it (2PC). */
+  readonly transaction?: string;
+  /** The saga that made it (saga mode); `GET /sagas/<id>` shows its steps. */
+  readonly sagaId?: string;
+  /** The saga's status: `completed`, or `running` when it did not finish within the wait. */
+  readonly status?: string;
   /**
    * Ledgers whose COMMIT PREPARED has not gone through yet. The transfer is committed (the
    * decision is recorded) and recovery finishes these within seconds, but until then a read of
-   * such a ledger may not show it, token or not.
+   * such a ledger may not show it, token or not. Always empty in saga mode.
    */
   readonly pending: readonly LedgerName[];
 }
@@ -94,9 +109,7 @@ const transferBody = z
   });
 
 const transferQuery = z.strictObject({
-  mode: z
-    .enum(['2pc'], { error: 'must be 2pc (the saga mode is not available yet)' })
-    .default('2pc'),
+  mode: z.enum(['2pc', 'saga'], { error: 'must be 2pc or saga' }).default('2pc'),
 });
 
 const accountParam = z.strictObject({ id: accountId });
@@ -112,7 +125,8 @@ const TRANSFER_ERRORS = new Set(['NOT_FOUND', 'INSUFFICIENT_FUNDS']);
 
 const CHECK_VIOLATION = '23514';
 
-function ledgerOf(account: string): LedgerName {
+/** The ledger that holds an account: `a…` in ledger A, `b…` in ledger B. */
+export function ledgerOf(account: string): LedgerName {
   return account.startsWith('a') ? LEDGERS.a : LEDGERS.b;
 }
 
@@ -199,7 +213,11 @@ function forClient(err: unknown, id: string): unknown {
  * The two-phase commit demo: money moves between accounts of two ledger databases, atomically.
  * Accounts are named after their ledger: `a1`…`a10` live in ledger A, `b1`…`b10` in ledger B.
  *
- * - `POST /transfers` `{ from, to, amount }` (`?mode=2pc`, the default and only mode) → 201
+ * - `POST /transfers?mode=saga` does the same with a saga: debit, then credit, and a refund of the
+ *   debit when the credit is refused; no locks held across the databases, but for a moment the
+ *   money has left one account and not reached the other. 201 once completed, 202 (with
+ *   `Location: /sagas/<id>`) when it did not finish within the wait.
+ * - `POST /transfers` `{ from, to, amount }` (`?mode=2pc`, the default) → 201
  *   {@link Transfer}; both balances and a `transfers` row on each ledger change in one distributed
  *   transaction, and the response's `X-Consistency-Token` covers both. `from` and `to` must be in
  *   different ledgers; `amount` is a whole number from 1 to 1,000,000.
@@ -221,10 +239,66 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
   const admission = bulkhead(options.concurrency ?? 8, options.queue ?? 200);
   const router = Router();
 
+  /** The saga mode: debit, credit, and a refund of the debit when the credit is refused. */
+  async function bySaga(
+    id: string,
+    from: string,
+    to: string,
+    amount: number,
+  ): Promise<[number, Transfer]> {
+    const saga = options.saga;
+    if (saga === undefined)
+      throw new ReplikitError(
+        'VALIDATION_FAILED',
+        'invalid query: mode: the saga mode is not set up here',
+        {
+          details: { issues: [{ path: 'mode', message: 'not available' }] },
+        },
+      );
+    const started = await saga.engine.run(saga.definition, { transferId: id, from, to, amount });
+    const record: SagaRecord = await saga.engine.wait(started.id, {
+      timeoutMs: saga.waitMs ?? 2000,
+    });
+    const failure = record.state.failure;
+    if (record.state.status === 'compensated' && failure !== null) {
+      // Refused before any money moved for good: answered as the 2PC mode answers it.
+      if (failure.reason === 'insufficient_funds')
+        throw new ReplikitError(
+          'INSUFFICIENT_FUNDS',
+          `account ${from} holds less than ${amount}; nothing was transferred`,
+          { details: { account: from, amount, sagaId: record.id } },
+        );
+      if (failure.reason === 'no_account') throw noAccount(failure.step === 'debit' ? from : to);
+    }
+    const transfer: Transfer = {
+      id,
+      from,
+      to,
+      amount,
+      mode: 'saga',
+      sagaId: record.id,
+      status: record.state.status,
+      pending: [],
+    };
+    return [record.state.status === 'completed' ? 201 : 202, transfer];
+  }
+
   router.post('/transfers', async (req, res) => {
-    parseInput(transferQuery, req.query, 'query');
+    const { mode } = parseInput(transferQuery, req.query, 'query');
     const { from, to, amount } = parseInput(transferBody, req.body, 'body');
     const id = randomUUID();
+    if (mode === 'saga') {
+      const [status, transfer] = await bySaga(id, from, to, amount);
+      // The saga's steps wrote through its own pools: a write through each ledger's cluster takes
+      // a token at or past them (one WAL), so that a read with it shows the transfer.
+      await Promise.all(Object.values(ledgers).map((ledger) => ledger.write('select 1'))).catch(
+        (err: unknown) =>
+          logger.warn({ err, transfer: id }, 'no consistency token after a transfer'),
+      );
+      if (status === 202) res.location(`/sagas/${transfer.sagaId ?? ''}`);
+      res.status(status).json(transfer);
+      return;
+    }
     // Each side in ledger order (a, then b), whichever way the money goes: two transfers in
     // opposite directions then lock their rows in the same order. In the other order they could
     // each hold a row in one database and wait for the other's in the second, a deadlock neither
@@ -264,6 +338,7 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
       from,
       to,
       amount,
+      mode: '2pc',
       transaction: run.transaction,
       pending: run.pending as LedgerName[],
     };

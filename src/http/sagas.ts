@@ -123,42 +123,60 @@ function toDetailsView(details: SagaDetails): SagaDetailsView {
  * - `POST /sagas/:id/compensate` → 202, a running saga (before its pivot) is compensated.
  *
  * Errors: 404 `SAGA_NOT_FOUND`, 409 `SAGA_INVALID_STATE` (finished, past the pivot, not needing
- * attention). Mount it behind your own authentication: it changes what sagas do.
+ * attention). Given several engines (each with a saga log of its own), it serves them all. Mount
+ * it behind your own authentication: it changes what sagas do.
  *
  * ```ts
  * app.use(sagaAdminRouter(engine));
  * ```
  */
-export function sagaAdminRouter(engine: SagaEngine): Router {
+export function sagaAdminRouter(engines: SagaEngine | readonly SagaEngine[]): Router {
+  const all: readonly SagaEngine[] = Array.isArray(engines) ? engines : [engines as SagaEngine];
   const router = Router();
+
+  /** The saga and the engine whose log holds it (each engine keeps its own). */
+  async function find(id: string): Promise<{ engine: SagaEngine; details: SagaDetails }> {
+    for (const engine of all) {
+      const details = await engine.get(id);
+      if (details !== undefined) return { engine, details };
+    }
+    throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
+  }
 
   router.get('/sagas/:id', async (req, res) => {
     const { id } = parseInput(idParam, req.params, 'path');
-    const details = await engine.get(id);
-    if (details === undefined)
-      throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
-    res.json(toDetailsView(details));
+    res.json(toDetailsView((await find(id)).details));
   });
 
   router.get('/sagas', async (req, res) => {
     const query = parseInput(listQuery, req.query, 'query');
-    const sagas = await engine.list({
-      status: query.status,
-      saga: query.saga,
-      idleForMs: query.idleForMs,
-      createdBefore: query.before === undefined ? undefined : new Date(query.before),
-      limit: query.limit,
-    });
+    const lists = await Promise.all(
+      all.map((engine) =>
+        engine.list({
+          status: query.status,
+          saga: query.saga,
+          idleForMs: query.idleForMs,
+          createdBefore: query.before === undefined ? undefined : new Date(query.before),
+          limit: query.limit,
+        }),
+      ),
+    );
+    const sagas = lists
+      .flat()
+      .sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime())
+      .slice(0, query.limit);
     res.json({ sagas: sagas.map((saga) => toSagaView(saga)) });
   });
 
   router.post('/sagas/:id/retry', async (req, res) => {
     const { id } = parseInput(idParam, req.params, 'path');
+    const { engine } = await find(id);
     res.status(202).json(toSagaView(await engine.retry(id)));
   });
 
   router.post('/sagas/:id/compensate', async (req, res) => {
     const { id } = parseInput(idParam, req.params, 'path');
+    const { engine } = await find(id);
     res.status(202).json(toSagaView(await engine.compensate(id)));
   });
 

@@ -273,6 +273,9 @@ function afterStep(
       const error = { kind: outcome.kind, message: outcome.message };
       const maxAttempts = step.retry?.maxAttempts ?? DEFAULT_STEP_ATTEMPTS;
       const pastPivot = index > definition.pivotIndex;
+      // Whether going back is still safe when the step's outcome stays unknown: not at the pivot
+      // (it may have gone through, and it cannot be undone) nor past it.
+      const noWayBack = index >= definition.pivotIndex;
       // A rejection is final: retrying cannot change a business answer. Past the pivot there is no
       // going back, so a step there is retried however it failed, until its budget runs out.
       if (outcome.kind === 'failed' || pastPivot) {
@@ -293,7 +296,7 @@ function afterStep(
             delayMs: retryDelay(step.retry, attempts, new Error(outcome.message)),
           };
         }
-        if (pastPivot) {
+        if (noWayBack) {
           return {
             state: {
               ...state,

@@ -1,13 +1,13 @@
 import { Counter, Gauge, Histogram } from 'prom-client';
 
-import type { SagaEngine, SagaObserver } from '../saga/index.js';
+import type { SagaEngine, SagaObserver, SagaStats } from '../saga/index.js';
 import type { MetricsRegistry } from './metrics.js';
 import type { MetricsLogger } from './routing-metrics.js';
 
 /** The saga metrics: an observer to hand to `createSagaEngine`, and the engine to read gauges from. */
 export interface SagaMetrics {
   readonly observer: SagaObserver;
-  /** Attaches the engine whose unfinished-saga counts the gauges show. */
+  /** Attaches an engine whose unfinished-saga counts the gauges show (several may be attached, each with its own saga log). */
   attach(engine: SagaEngine): void;
 }
 
@@ -28,13 +28,22 @@ export function createSagaMetrics(
   registry: MetricsRegistry,
   options: { readonly logger?: MetricsLogger } = {},
 ): SagaMetrics {
-  let engine: SagaEngine | undefined;
+  const engines = new Set<SagaEngine>();
   const registers = [registry];
-  const guarded = (name: string, collect: (e: SagaEngine) => void) =>
+  /** Every attached engine's counts; a throwing read is logged, never fails the scrape. */
+  const guarded = (
+    name: string,
+    collect: (counts: SagaStats['counts'], stuck: SagaStats['stuck']) => void,
+  ) =>
     function (): void {
-      if (engine === undefined) return;
       try {
-        collect(engine);
+        const counts = [...engines].flatMap((e) => e.stats?.counts ?? []);
+        const stuck: Record<string, number> = {};
+        for (const e of engines) {
+          for (const [saga, n] of Object.entries(e.stats?.stuck ?? {}))
+            stuck[saga] = (stuck[saga] ?? 0) + n;
+        }
+        collect(counts, stuck);
       } catch (err) {
         options.logger?.warn(
           { metric: name, err: err instanceof Error ? err.message : String(err) },
@@ -83,9 +92,9 @@ export function createSagaMetrics(
     help: 'Sagas running or compensating, in the saga log',
     labelNames: ['saga'],
     registers,
-    collect: guarded('replikit_sagas_in_flight', (e) => {
+    collect: guarded('replikit_sagas_in_flight', (counts) => {
       inFlight.reset();
-      for (const count of e.stats?.counts ?? []) {
+      for (const count of counts) {
         if (count.status === 'running' || count.status === 'compensating')
           inFlight.inc({ saga: count.saga }, count.count);
       }
@@ -96,10 +105,10 @@ export function createSagaMetrics(
     help: 'Sagas whose compensation (or a step after the pivot) kept failing and that wait for a person',
     labelNames: ['saga'],
     registers,
-    collect: guarded('replikit_sagas_needing_attention', (e) => {
+    collect: guarded('replikit_sagas_needing_attention', (counts) => {
       attention.reset();
-      for (const count of e.stats?.counts ?? []) {
-        if (count.status === 'needs_attention') attention.set({ saga: count.saga }, count.count);
+      for (const count of counts) {
+        if (count.status === 'needs_attention') attention.inc({ saga: count.saga }, count.count);
       }
     }),
   });
@@ -108,9 +117,9 @@ export function createSagaMetrics(
     help: 'Running or compensating sagas that have not moved for the stuck-saga threshold',
     labelNames: ['saga'],
     registers,
-    collect: guarded('replikit_sagas_stuck', (e) => {
+    collect: guarded('replikit_sagas_stuck', (_, stuckBySaga) => {
       stuck.reset();
-      for (const [saga, n] of Object.entries(e.stats?.stuck ?? {})) stuck.set({ saga }, n);
+      for (const [saga, n] of Object.entries(stuckBySaga)) stuck.set({ saga }, n);
     }),
   });
 
@@ -132,7 +141,7 @@ export function createSagaMetrics(
       onFenced: () => fenced.inc(),
     },
     attach(target) {
-      engine = target;
+      engines.add(target);
     },
   };
 }
