@@ -144,7 +144,11 @@ export interface SagaEngineOptions {
   readonly statsIntervalMs?: number;
   /** A running or compensating saga not updated for this long is reported as stuck. Default 60000 ms. */
   readonly stuckAfterMs?: number;
-  /** Connections in the engine's own pool (when `database` is not a pool). Default 10. */
+  /**
+   * Connections in the engine's own pool (when `database` is not a pool). Default 20. A saga
+   * holds one only while it writes (a local step's transaction, a completion with its hook);
+   * checkpoints of remote steps share batched statements.
+   */
   readonly poolSize?: number;
   readonly observer?: SagaObserver;
   readonly tracer?: Tracer;
@@ -189,6 +193,7 @@ interface Instance {
   readonly definition: SagaDefinition<unknown>;
   readonly input: unknown;
   readonly createdAt: number;
+  readonly key: string | null;
   state: SagaState;
   epoch: number;
   /** Local estimate of when the lease runs out (the database's clock decides). */
@@ -249,6 +254,8 @@ export class SagaEngine {
   readonly #inserts: GroupCommit<NewSaga, boolean>;
   readonly #checkpoints: GroupCommit<Checkpoint, boolean>;
   readonly #waiters = new Map<string, Set<() => void>>();
+  /** Sagas this process finished lately, as it wrote them, so `wait` need not read them back. */
+  readonly #recent = new Map<string, { readonly at: number; readonly record: SagaRecord }>();
   #reserved = 0;
   #timers: NodeJS.Timeout[] = [];
   #pollTimer: NodeJS.Timeout | undefined;
@@ -272,7 +279,7 @@ export class SagaEngine {
           ? { connectionString: options.database }
           : options.database;
       this.#pool = new pg.Pool({
-        max: options.poolSize ?? 10,
+        max: options.poolSize ?? 20,
         connectionTimeoutMillis: 5000,
         application_name: 'replikit-saga',
         keepAlive: true,
@@ -432,6 +439,7 @@ export class SagaEngine {
         definition: known,
         input: parsed,
         createdAt: Date.now(),
+        key: options.key ?? null,
         state: first.state,
         epoch: 1,
         span,
@@ -454,6 +462,16 @@ export class SagaEngine {
     options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {},
   ): Promise<SagaRecord> {
     const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+    if (this.#instances.has(id) || this.#recent.has(id)) {
+      // Held here: it settles in this process, which knows its final state without a read.
+      const wakeup = this.#wakeup(id, Math.max(0, deadline - Date.now()), options.signal);
+      if (!this.#recent.has(id)) await wakeup.promise;
+      else wakeup.cancel();
+      const recent = this.#recent.get(id);
+      if (recent !== undefined) return recent.record;
+      // Not settled here (still running at the deadline, waiting for a retry, or taken over
+      // elsewhere): the log says where it is.
+    }
     for (;;) {
       const left = deadline - Date.now();
       // Listen before reading: a saga that settles between the read and the wait is not missed.
@@ -645,6 +663,7 @@ export class SagaEngine {
         );
       const next = decide(definition, record.state);
       if (await overrideSaga(this.#pool, id, record.epoch, next)) {
+        this.#recent.delete(id);
         // A local holder, if any, is fenced by the new epoch; drop it now rather than at its next write.
         const local = this.#instances.get(id);
         if (local !== undefined) this.#drop(local, 'overridden');
@@ -715,6 +734,7 @@ export class SagaEngine {
         definition,
         input,
         createdAt: record.createdAt.getTime(),
+        key: record.key,
         state: record.state,
         epoch: record.epoch,
         span,
@@ -724,7 +744,10 @@ export class SagaEngine {
 
   /** Starts working on a saga whose lease this process has just taken. */
   #hold(
-    saga: Pick<Instance, 'id' | 'definition' | 'input' | 'createdAt' | 'state' | 'epoch' | 'span'>,
+    saga: Pick<
+      Instance,
+      'id' | 'definition' | 'input' | 'createdAt' | 'key' | 'state' | 'epoch' | 'span'
+    >,
   ): void {
     const instance: Instance = {
       ...saga,
@@ -735,6 +758,7 @@ export class SagaEngine {
       attempts: new Map(),
     };
     this.#instances.set(instance.id, instance);
+    this.#recent.delete(instance.id);
     this.#start(instance);
   }
 
@@ -1069,7 +1093,37 @@ export class SagaEngine {
     }
     instance.span.end();
     this.#instances.delete(instance.id);
+    this.#remember(instance);
     this.#notify(instance.id);
+  }
+
+  /** Keeps a settled saga's final state for a while (30 s) for {@link SagaEngine.wait}. */
+  #remember(instance: Instance): void {
+    const now = Date.now();
+    for (const [id, entry] of this.#recent) {
+      if (now - entry.at < 30_000 && this.#recent.size < 10_000) break;
+      this.#recent.delete(id);
+    }
+    const finished = isTerminal(instance.state);
+    this.#recent.set(instance.id, {
+      at: now,
+      record: {
+        id: instance.id,
+        saga: instance.definition.name,
+        version: instance.definition.version,
+        key: instance.key,
+        input: instance.input as Json,
+        state: instance.state,
+        trace: null,
+        owner: null,
+        epoch: instance.epoch,
+        leaseUntil: null,
+        nextAttemptAt: new Date(now),
+        createdAt: new Date(instance.createdAt),
+        updatedAt: new Date(now),
+        finishedAt: finished ? new Date(now) : null,
+      },
+    });
   }
 
   /** Stops working on a saga without finishing it (fenced, overridden, or the log failed). */

@@ -224,8 +224,10 @@ export async function insertSagas(
     attempt: item.first.state.attempt,
   }));
   const log = items.flatMap((item) => logRows(item.id, item.first.log));
-  const { rows } = await db.query<{ id: string }>(
-    `with input as (
+  const { rows } = await db.query<{ id: string }>({
+    // Named: prepared once per connection, since the statement is the same every time.
+    name: 'replikit_saga_insert',
+    text: `with input as (
        select * from jsonb_to_recordset($1::jsonb)
          as r(id uuid, saga text, version int, key text, input jsonb, trace jsonb, owned boolean, attempt int)
      ), written as (
@@ -239,8 +241,8 @@ export async function insertSagas(
        returning id
      ), logged as (${LOG_UPSERT.replace('$LOG', '$2')})
      select id from written`,
-    [JSON.stringify(sagas), JSON.stringify(log), owner, leaseMs],
-  );
+    values: [JSON.stringify(sagas), JSON.stringify(log), owner, leaseMs],
+  });
   const inserted = new Set(rows.map((row) => row.id));
   return items.map((item) => inserted.has(item.id));
 }
@@ -272,8 +274,9 @@ export async function writeCheckpoints(
     release: release || transition.state.status === 'needs_attention',
   }));
   const log = checkpoints.flatMap(({ id, transition }) => logRows(id, transition.log));
-  const { rows } = await db.query<{ id: string }>(
-    `with t as (
+  const { rows } = await db.query<{ id: string }>({
+    name: 'replikit_saga_checkpoint',
+    text: `with t as (
        select * from jsonb_to_recordset($1::jsonb)
          as t(id uuid, epoch bigint, status text, step_index int, attempt int, outputs jsonb, failure jsonb,
               pending int[], attention jsonb, delay_ms double precision, finished boolean, release boolean)
@@ -297,8 +300,8 @@ export async function writeCheckpoints(
        returning s.id
      ), logged as (${LOG_UPSERT.replace('$LOG', '$2')})
      select id from written`,
-    [JSON.stringify(states), JSON.stringify(log), leaseMs],
-  );
+    values: [JSON.stringify(states), JSON.stringify(log), leaseMs],
+  });
   const written = new Set(rows.map((row) => row.id));
   return checkpoints.map((checkpoint) => written.has(checkpoint.id));
 }

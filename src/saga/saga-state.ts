@@ -249,9 +249,11 @@ function afterStep(
       ];
       const next = definition.steps[index + 1];
       if (next !== undefined) log.push(intent(index + 1, 'run', next.name, 1));
+      // The last step's checkpoint is the saga's completion: one write, not two.
       return {
         state: {
           ...state,
+          status: next === undefined ? 'completed' : state.status,
           stepIndex: index + 1,
           attempt: next === undefined ? 0 : 1,
           outputs: { ...state.outputs, [step.name]: outcome.output },
@@ -370,7 +372,16 @@ function afterCompensation(
       ];
       const next = pending[0];
       if (next !== undefined) log.push(intent(next, 'compensate', stepName(definition, next), 1));
-      return { state: { ...state, attempt: next === undefined ? 0 : 1, pending }, log, delayMs: 0 };
+      return {
+        state: {
+          ...state,
+          status: next === undefined ? 'compensated' : state.status,
+          attempt: next === undefined ? 0 : 1,
+          pending,
+        },
+        log,
+        delayMs: 0,
+      };
     }
     case 'circuit_open':
       return {
@@ -450,13 +461,17 @@ export function forcedCompensation(
   const name = stepName(definition, index);
   // The current step may be running in another process right now: its outcome is unknown.
   const plan = compensationPlan(definition, index, !(name in state.outputs));
-  return beginCompensation(
+  const next = beginCompensation(
     definition,
     state,
     plan,
     { step: name, reason: 'compensation_requested', message: 'compensation was requested' },
     [],
   );
+  // Nothing to undo: the engine that claims it finishes it, running the definition's hook.
+  return next.state.status === 'compensated'
+    ? { ...next, state: { ...next.state, status: 'compensating' } }
+    : next;
 }
 
 /** The state after a person retries a saga that needs attention: the failed action runs again with a fresh budget. */
