@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { createEventStore, type EventStore } from '../src/events/index.js';
 import { migrateEvents } from './support/events.js';
-import { spawnTs, type Spawned } from './support/process.js';
+import { killSpawned, spawnTs, type Spawned } from './support/process.js';
 import { createTestDatabase, eventually, type TestDatabase } from './support/stack.js';
 
 let db: TestDatabase;
@@ -41,6 +41,9 @@ async function appliedCounts(): Promise<{ applied: number; distinct: number; tot
   );
   return rows[0]!;
 }
+
+// A test that failed half way must not leave a service or worker running.
+afterEach(killSpawned);
 
 describe('projection runner killed mid-batch', () => {
   it('is replaced by a standby that resumes from the committed checkpoint: no event applied twice or lost', async () => {

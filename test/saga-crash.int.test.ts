@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { createSagaEngine } from '../src/saga/index.js';
 import {
@@ -9,7 +9,7 @@ import {
   orderSagaOn,
   type OrderDatabases,
 } from './support/orders.js';
-import { spawnTs, type Spawned } from './support/process.js';
+import { killSpawned, spawnTs, type Spawned } from './support/process.js';
 
 const SAGAS = 240;
 let dbs: OrderDatabases;
@@ -28,6 +28,9 @@ async function unfinished(): Promise<number> {
   );
   return Number(rows[0]?.n);
 }
+
+// A test that failed half way must not leave a service or worker running.
+afterEach(killSpawned);
 
 describe('sagas under orchestrator crashes', () => {
   it(

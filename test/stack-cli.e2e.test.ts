@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
-import { postgresProcessesUnder, signalGroup, spawnTs } from './support/process.js';
+import { postgresProcessesUnder, signalGroup, killSpawned, spawnTs } from './support/process.js';
 
 let dir: string;
 
@@ -20,6 +20,9 @@ afterAll(async () => {
   await down.exit();
   await rm(dir, { recursive: true, force: true });
 });
+
+// A test that failed half way must not leave a service or worker running.
+afterEach(killSpawned);
 
 describe('replikit stack', () => {
   it('up runs a primary and two replicas until Ctrl-C, then leaves no server behind', async () => {

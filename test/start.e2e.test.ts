@@ -5,10 +5,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { LocalStack } from '../src/stack/index.js';
-import { postgresProcessesUnder, signalGroup, spawnTs, type Spawned } from './support/process.js';
+import {
+  postgresProcessesUnder,
+  signalGroup,
+  killSpawned,
+  spawnTs,
+  type Spawned,
+} from './support/process.js';
 import { createTestDatabase, type TestDatabase } from './support/stack.js';
 
 const START = 'src/app/start.ts';
@@ -110,6 +116,9 @@ async function otlpReceiver() {
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
+
+// A test that failed half way must not leave a service or worker running.
+afterEach(killSpawned);
 
 describe('start-up with a bad configuration', () => {
   it('exits 2 with one line on stderr naming the variable, before starting anything', async () => {

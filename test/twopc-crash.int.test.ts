@@ -1,9 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { createCoordinator } from '../src/twopc/index.js';
 import type { LocalStack } from '../src/stack/index.js';
 import { LEDGER_SCHEMA, OPEN_ACCOUNTS } from './support/ledger.js';
-import { spawnTs } from './support/process.js';
+import { killSpawned, spawnTs } from './support/process.js';
 import { createTestDatabase, testStack, type TestDatabase } from './support/stack.js';
 
 let stack: LocalStack;
@@ -33,6 +33,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([coordinatorDb.drop(), ledgerA.drop(), ledgerB.drop()]);
 });
+
+// A test that failed half way must not leave a service or worker running.
+afterEach(killSpawned);
 
 describe('two-phase commit under coordinator crashes', () => {
   it(`keeps both ledgers consistent over ${TRANSFERS}+ transfers with SIGKILLs after prepare, after the decision and at random`, async () => {

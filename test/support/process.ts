@@ -19,6 +19,8 @@ export function spawnTs(args: readonly string[], env: NodeJS.ProcessEnv = {}): S
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   let text = '';
   const listeners = new Set<() => void>();
   const onData = (chunk: Buffer): void => {
@@ -61,6 +63,31 @@ export function spawnTs(args: readonly string[], env: NodeJS.ProcessEnv = {}): S
         check();
       }),
   };
+}
+
+/** Children started by {@link spawnTs} that have not exited. */
+const running = new Set<ChildProcess>();
+
+/**
+ * Kills (SIGKILL, whole process group) every child {@link spawnTs} started that is still running:
+ * for `afterEach`, so that a test that failed half way leaves no service or worker behind.
+ */
+export async function killSpawned(): Promise<void> {
+  const left = [...running];
+  for (const child of left) {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  await Promise.all(
+    left.map((child) =>
+      child.exitCode !== null || child.signalCode !== null
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => child.once('exit', () => resolve())),
+    ),
+  );
 }
 
 /** Sends `signal` to the child's whole process group, as a terminal's Ctrl-C does. */
