@@ -277,10 +277,10 @@ describe('the order saga', () => {
       faults: [{ step: 'schedule_shipment', phase: 'run', action: 'delay', ms: 30_000 }],
     });
     const { id } = await e.run(saga, order);
-    await eventually(async () => {
-      const steps = (await e.get(id))?.steps ?? [];
-      return steps.some((s) => s.name === 'schedule_shipment') ? true : undefined;
-    });
+    // Its intent is recorded: the saga is at the shipment step, which now waits in its delay.
+    await eventually(async () =>
+      (await e.get(id))?.saga.state.stepIndex === 3 ? true : undefined,
+    );
     await e.compensate(id);
     const done = await e.wait(id, { timeoutMs: 10_000 });
     expect(done.state.status).toBe('compensated');

@@ -91,11 +91,22 @@ export function toSagaView(record: SagaRecord, stepNames: readonly string[] = []
   };
 }
 
-function toDetailsView(details: SagaDetails): SagaDetailsView {
+/** Step names by index: the definition's when the engine has it, else those of the step log. */
+function stepNamesOf(
+  engine: SagaEngine,
+  record: SagaRecord,
+  steps: readonly StepRecord[] = [],
+): string[] {
+  const defined = engine.definitionOf(record)?.steps.map((step) => step.name);
+  if (defined !== undefined) return defined;
   const names: string[] = [];
-  for (const step of details.steps) names[step.index] = step.name;
+  for (const step of steps) names[step.index] = step.name;
+  return names;
+}
+
+function toDetailsView(engine: SagaEngine, details: SagaDetails): SagaDetailsView {
   return {
-    ...toSagaView(details.saga, names),
+    ...toSagaView(details.saga, stepNamesOf(engine, details.saga, details.steps)),
     input: details.saga.input,
     outputs: details.saga.state.outputs,
     steps: details.steps.map((step) => ({
@@ -145,39 +156,44 @@ export function sagaAdminRouter(engines: SagaEngine | readonly SagaEngine[]): Ro
 
   router.get('/sagas/:id', async (req, res) => {
     const { id } = parseInput(idParam, req.params, 'path');
-    res.json(toDetailsView((await find(id)).details));
+    const { engine, details } = await find(id);
+    res.json(toDetailsView(engine, details));
   });
 
   router.get('/sagas', async (req, res) => {
     const query = parseInput(listQuery, req.query, 'query');
     const lists = await Promise.all(
-      all.map((engine) =>
-        engine.list({
-          status: query.status,
-          saga: query.saga,
-          idleForMs: query.idleForMs,
-          createdBefore: query.before === undefined ? undefined : new Date(query.before),
-          limit: query.limit,
-        }),
+      all.map(async (engine) =>
+        (
+          await engine.list({
+            status: query.status,
+            saga: query.saga,
+            idleForMs: query.idleForMs,
+            createdBefore: query.before === undefined ? undefined : new Date(query.before),
+            limit: query.limit,
+          })
+        ).map((record) => ({ record, view: toSagaView(record, stepNamesOf(engine, record)) })),
       ),
     );
     const sagas = lists
       .flat()
-      .sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime())
+      .sort((a, b) => b.record.createdAt.getTime() - a.record.createdAt.getTime())
       .slice(0, query.limit);
-    res.json({ sagas: sagas.map((saga) => toSagaView(saga)) });
+    res.json({ sagas: sagas.map((saga) => saga.view) });
   });
 
   router.post('/sagas/:id/retry', async (req, res) => {
     const { id } = parseInput(idParam, req.params, 'path');
     const { engine } = await find(id);
-    res.status(202).json(toSagaView(await engine.retry(id)));
+    const record = await engine.retry(id);
+    res.status(202).json(toSagaView(record, stepNamesOf(engine, record)));
   });
 
   router.post('/sagas/:id/compensate', async (req, res) => {
     const { id } = parseInput(idParam, req.params, 'path');
     const { engine } = await find(id);
-    res.status(202).json(toSagaView(await engine.compensate(id)));
+    const record = await engine.compensate(id);
+    res.status(202).json(toSagaView(record, stepNamesOf(engine, record)));
   });
 
   return router;

@@ -501,6 +501,11 @@ export class SagaEngine {
     }
   }
 
+  /** The definition a saga record runs under, when this engine has it. */
+  definitionOf(record: Pick<SagaRecord, 'saga' | 'version'>): SagaDefinition<unknown> | undefined {
+    return this.#definitions.get(`${record.saga}@${record.version}`);
+  }
+
   /** A saga with its step log, or undefined. */
   async get(id: string): Promise<SagaDetails | undefined> {
     const saga = await readSaga(this.#pool, id);

@@ -151,7 +151,7 @@ function toRecord(row: SagaRow): SagaRecord {
   };
 }
 
-/** A new saga to insert. */
+/** A new saga to insert (about to run its first step). */
 export interface NewSaga {
   readonly id: string;
   readonly saga: string;
@@ -289,7 +289,11 @@ export async function writeCheckpoints(
          failure = t.failure,
          pending = t.pending,
          attention = t.attention,
-         next_attempt_at = now() + t.delay_ms * interval '1 millisecond',
+         -- Left alone when there is no delay (it is in the past already): the update then changes
+         -- no indexed column and stays a heap-only tuple update.
+         next_attempt_at = case when t.delay_ms > 0
+                                then now() + t.delay_ms * interval '1 millisecond'
+                                else s.next_attempt_at end,
          owner = case when t.finished or t.release then null else s.owner end,
          lease_until = case when t.finished or t.release then null
                             else now() + ($3 + t.delay_ms) * interval '1 millisecond' end,

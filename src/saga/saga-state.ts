@@ -26,7 +26,10 @@ export interface SagaAttention {
 
 /**
  * Everything needed to resume a saga, as saved in its log row: any process can continue from it.
- * Step records in the log are for people; this state alone decides what happens next.
+ * It is also the record of intent: the step (or compensation) about to run and its attempt number
+ * are saved before it runs, so a step whose process died is known to have maybe run. Step records
+ * (a row per step and phase, written when an attempt ends) are for people; this state alone
+ * decides what happens next.
  */
 export interface SagaState {
   readonly status: SagaStatus;
@@ -85,7 +88,7 @@ const DEFAULT_STEP_ATTEMPTS = 3;
 const DEFAULT_COMPENSATION_ATTEMPTS = 5;
 const DEFAULT_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 10_000 });
 
-/** The state a new saga starts in, and the intent of its first step. */
+/** The state a new saga starts in: about to run its first step, attempt 1. */
 export function initialTransition(definition: SagaDefinition<unknown>): Transition {
   const first = definition.steps[0];
   if (first === undefined) throw new RangeError('a saga needs at least one step');
@@ -99,7 +102,7 @@ export function initialTransition(definition: SagaDefinition<unknown>): Transiti
       pending: [],
       attention: null,
     },
-    log: [intent(0, 'run', first.name, 1)],
+    log: [],
     delayMs: 0,
   };
 }
@@ -158,31 +161,22 @@ export function retryDelay(
   return Math.max(0, Math.round(backoff.duration));
 }
 
-function intent(
-  index: number,
-  phase: 'run' | 'compensate',
-  name: string,
-  attempts: number,
-): StepLogEntry {
-  return { index, phase, name, status: 'running', attempts, finished: false };
-}
-
 function stepName(definition: SagaDefinition<unknown>, index: number): string {
   const step = definition.steps[index];
   if (step === undefined) throw new RangeError(`saga ${definition.key} has no step ${index}`);
   return step.name;
 }
 
-/** Starts compensating (or finishes at once when there is nothing to undo). */
+/**
+ * Starts compensating. With nothing to undo the plan is empty and the next action is to finish
+ * (which runs the definition's `onCompensated` hook in the final checkpoint's transaction).
+ */
 function beginCompensation(
-  definition: SagaDefinition<unknown>,
   state: SagaState,
   plan: number[],
   failure: SagaFailure,
   log: StepLogEntry[],
 ): Transition {
-  const first = plan[0];
-  if (first !== undefined) log.push(intent(first, 'compensate', stepName(definition, first), 1));
   return {
     state: {
       ...state,
@@ -248,7 +242,6 @@ function afterStep(
         },
       ];
       const next = definition.steps[index + 1];
-      if (next !== undefined) log.push(intent(index + 1, 'run', next.name, 1));
       // The last step's checkpoint is the saga's completion: one write, not two.
       return {
         state: {
@@ -290,7 +283,7 @@ function afterStep(
                 phase: 'run',
                 name: step.name,
                 status: 'retrying',
-                attempts: attempts + 1,
+                attempts,
                 error,
                 finished: false,
               },
@@ -337,13 +330,7 @@ function afterStep(
           finished: true,
         },
       ];
-      return beginCompensation(
-        definition,
-        state,
-        compensationPlan(definition, index, !rejected),
-        failure,
-        log,
-      );
+      return beginCompensation(state, compensationPlan(definition, index, !rejected), failure, log);
     }
   }
 }
@@ -371,7 +358,6 @@ function afterCompensation(
         },
       ];
       const next = pending[0];
-      if (next !== undefined) log.push(intent(next, 'compensate', stepName(definition, next), 1));
       return {
         state: {
           ...state,
@@ -412,7 +398,7 @@ function afterCompensation(
               phase: 'compensate',
               name: step.name,
               status: 'retrying',
-              attempts: attempts + 1,
+              attempts,
               error,
               finished: false,
             },
@@ -461,17 +447,12 @@ export function forcedCompensation(
   const name = stepName(definition, index);
   // The current step may be running in another process right now: its outcome is unknown.
   const plan = compensationPlan(definition, index, !(name in state.outputs));
-  const next = beginCompensation(
-    definition,
+  return beginCompensation(
     state,
     plan,
     { step: name, reason: 'compensation_requested', message: 'compensation was requested' },
     [],
   );
-  // Nothing to undo: the engine that claims it finishes it, running the definition's hook.
-  return next.state.status === 'compensated'
-    ? { ...next, state: { ...next.state, status: 'compensating' } }
-    : next;
 }
 
 /** The state after a person retries a saga that needs attention: the failed action runs again with a fresh budget. */
