@@ -6,11 +6,16 @@
  *    tables side by side in schemas `a` and `b`) on a plain `pg.Pool`.
  * 2. The same statements split across `ledger_a` and `ledger_b`, committed by the coordinator
  *    (`src/twopc`), its decisions in `coordinator`.
+ * 3. The same transfer as a saga (`src/saga`, the transfers demo's saga: debit, then credit as
+ *    the pivot, a reversal of the debit as its compensation) over `saga_ledger_a` and
+ *    `saga_ledger_b`, its log in `coordinator`: `engine.run`, then `engine.wait`.
  *
- * At each concurrency level the two run in interleaved rounds (ceiling, 2PC / 2PC, ceiling / …);
- * the tables give medians across rounds, and the 2PC/ceiling ratio is taken within each round.
- * Then a sequential pass counts the statements and WAL flushes per transfer, and the end state is
- * checked: money conserved, nothing left prepared, both ledgers holding the same transfers.
+ * At each concurrency level the three run in interleaved rounds, the order rotating from round to
+ * round (ceiling, 2PC, saga / 2PC, saga, ceiling / …); the tables give medians across rounds, and
+ * the ratios to the ceiling are taken within each round. Then a sequential pass counts the
+ * statements and WAL flushes per transfer, and the end state is checked: money conserved, nothing
+ * left prepared, both 2PC ledgers holding the same transfers, every completed saga holding one
+ * applied debit and one applied credit, no saga left unfinished.
  *
  *   npm run bench:twopc
  *   npm run bench:twopc -- --seconds 10 --concurrency 1,8,32 --accounts 100 --rounds 5
@@ -25,20 +30,46 @@ import { parseArgs } from 'node:util';
 
 import pg from 'pg';
 
+import { migrate } from '../src/db/migrate.js';
+import { createSagaEngine, SAGA_MIGRATIONS, type StepEvent } from '../src/saga/index.js';
 import { LocalStack } from '../src/stack/index.js';
 import {
   createCoordinator,
   TwoPhaseError,
   type DistributedTransaction,
   type TransactionEvent,
-  type TwoPhasePhase,
 } from '../src/twopc/index.js';
 import { median, ms, percentile, progressFor, table } from './support/report.js';
+import {
+  BENCH_TRANSFER_SAGA,
+  createBenchTransferSaga,
+  sagaLedgerSchema,
+  type BenchTransferInput,
+  type LedgerSide,
+} from './support/twopc-saga.js';
 
 const progress = progressFor('bench:twopc');
 
+const USAGE = `Usage: npm run bench:twopc -- [options]
+
+Transfers/s and p50/p99 latency of one local transaction (the ceiling), 2PC across two databases
+and a saga, in interleaved rounds on a stack of its own; markdown on stdout, progress on stderr.
+
+  --dir DIR             the bench stack's directory (default .replikit/bench-twopc)
+  --seconds S           timed seconds per cell (default 5)
+  --warmup S            unrecorded seconds at the start of each cell (default 1)
+  --concurrency LIST    concurrency levels, comma-separated (default 1,16,64)
+  --accounts N          accounts per ledger (default 1000)
+  --rounds N            rounds per concurrency level (default 3)
+  --count N             sequential transfers for the statement and WAL counts (default 200)
+  --pool-size N         the coordinator's poolSize, the saga engine's and its ledger pools'
+                        (default concurrency + 1)
+  -h, --help            this text
+`;
+
 const { values } = parseArgs({
   options: {
+    help: { type: 'boolean', short: 'h', default: false },
     dir: { type: 'string', default: '.replikit/bench-twopc' },
     seconds: { type: 'string', default: '5' },
     warmup: { type: 'string', default: '1' },
@@ -49,8 +80,15 @@ const { values } = parseArgs({
     'pool-size': { type: 'string' },
   },
 });
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
 
-function positiveNumber(name: Exclude<keyof typeof values, 'pool-size'>, integer = true): number {
+function positiveNumber(
+  name: Exclude<keyof typeof values, 'pool-size' | 'help'>,
+  integer = true,
+): number {
   const value = Number(values[name]);
   if (!(value > 0) || (integer && !Number.isInteger(value))) {
     throw new RangeError(
@@ -65,7 +103,10 @@ const WARMUP_SECONDS = positiveNumber('warmup', false);
 const ACCOUNTS = positiveNumber('accounts');
 const ROUNDS = positiveNumber('rounds');
 const COUNT = positiveNumber('count');
-/** The coordinator's `poolSize`; by default one more than the concurrency (see {@link twoPhaseVariant}). */
+/**
+ * The coordinator's `poolSize`, and the saga engine's and its ledger pools' sizes; by default one
+ * more than the concurrency (see {@link twoPhaseVariant}).
+ */
 const POOL_SIZE = values['pool-size'] === undefined ? undefined : Number(values['pool-size']);
 if (POOL_SIZE !== undefined && !(Number.isInteger(POOL_SIZE) && POOL_SIZE > 0)) {
   throw new RangeError(`--pool-size must be a whole number > 0, got "${values['pool-size']}"`);
@@ -81,9 +122,10 @@ const COMMAND = ['npm run bench:twopc', ...(process.argv.length > 2 ? ['--'] : [
   .join(' ');
 
 const LEDGERS = ['ledger_a', 'ledger_b'] as const;
+const SAGA_LEDGERS = { a: 'saga_ledger_a', b: 'saga_ledger_b' } as const;
 const CEILING_DB = 'ledger_one';
 const COORDINATOR_DB = 'coordinator';
-const DATABASES = [...LEDGERS, COORDINATOR_DB, CEILING_DB];
+const DATABASES = [...LEDGERS, COORDINATOR_DB, CEILING_DB, ...Object.values(SAGA_LEDGERS)];
 const OPENING_BALANCE = 1_000_000;
 const MAX_AMOUNT = 100;
 /** The coordinator's default; the ceiling retries as often. */
@@ -92,6 +134,9 @@ const MAX_ATTEMPTS = 5;
 const RETRYABLE = new Set(['40P01', '40001', '55P03']);
 const CEILING_APP = 'replikit-bench-ceiling';
 const COORDINATOR_APPS = ['coordinator', ...LEDGERS].map((name) => `replikit-2pc-${name}`);
+/** The saga engine's pool keeps its default name; the bench names the ledger pools the steps use. */
+const SAGA_LOG_APP = 'replikit-saga';
+const SAGA_APPS = [SAGA_LOG_APP, ...Object.values(SAGA_LEDGERS).map((db) => `replikit-saga-${db}`)];
 
 const stop = new AbortController();
 process.once('SIGINT', () => {
@@ -104,8 +149,19 @@ function sqlState(err: unknown): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
-/** Why a transfer failed, for the tables: the coordinator's code and the SQLSTATE under it. */
+/** A saga that did not complete: its status, and the failure the log records. */
+class SagaNotCompleted extends Error {
+  constructor(readonly reason: string) {
+    super(`saga ${reason}`);
+  }
+}
+
+/**
+ * Why a transfer failed, for the tables: the coordinator's code and the SQLSTATE under it; for a
+ * saga, how it ended and why.
+ */
 function abortReason(err: unknown): string {
+  if (err instanceof SagaNotCompleted) return err.reason;
   if (err instanceof TwoPhaseError) {
     const cause = sqlState(err.cause);
     return cause === undefined ? err.code : `${err.code} (${cause})`;
@@ -162,6 +218,15 @@ async function prepare(stack: LocalStack): Promise<void> {
   }
   for (const ledger of LEDGERS) await stack.query('primary', ledgerSchema(), [], ledger);
   await stack.query('primary', ledgerSchema('a') + ledgerSchema('b'), [], CEILING_DB);
+  for (const ledger of Object.values(SAGA_LEDGERS))
+    await stack.query('primary', sagaLedgerSchema(ACCOUNTS, OPENING_BALANCE), [], ledger);
+  // The saga log beside the coordinator's decisions (each engine's start finds it there).
+  const log = new pg.Pool({ connectionString: stack.url('primary', COORDINATOR_DB), max: 1 });
+  try {
+    await migrate(log, SAGA_MIGRATIONS);
+  } finally {
+    await log.end();
+  }
   await stack.query('primary', 'checkpoint');
 }
 
@@ -180,7 +245,7 @@ async function waitForDisconnect(stack: LocalStack): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The two variants
+// The three variants
 
 type Side = 'a' | 'b';
 
@@ -214,14 +279,19 @@ interface Outcome {
 
 interface Session {
   transfer(transfer: Transfer): Promise<Outcome>;
-  /** 2PC only: the coordinator's per-transaction events, while `recording` is set. */
-  readonly events: TransactionEvent[];
+  /**
+   * Milliseconds by phase, while `recording` is set: the coordinator's phases (2PC), each attempt
+   * of a saga step (saga).
+   */
+  readonly phases: Map<string, number[]>;
   recording: boolean;
   close(): Promise<void>;
 }
 
+type VariantKey = 'ceiling' | 'twopc' | 'saga';
+
 interface Variant {
-  readonly key: 'ceiling' | 'twopc';
+  readonly key: VariantKey;
   readonly label: string;
   open(concurrency: number): Session;
 }
@@ -238,7 +308,7 @@ function ceilingVariant(stack: LocalStack): Variant {
       });
       pool.on('error', () => undefined);
       return {
-        events: [],
+        phases: new Map(),
         recording: false,
         async transfer(t) {
           for (let attempt = 1; ; attempt++) {
@@ -304,9 +374,9 @@ function twoPhaseVariant(stack: LocalStack): Variant {
     key: 'twopc',
     label: '2PC, two databases',
     open(concurrency) {
-      const events: TransactionEvent[] = [];
+      const phases = new Map<string, number[]>();
       const session = {
-        events,
+        phases,
         recording: false,
       };
       const coordinator = createCoordinator({
@@ -319,8 +389,10 @@ function twoPhaseVariant(stack: LocalStack): Variant {
         // transaction waiting for one (see BENCHMARKS.md; `--pool-size 10 --concurrency 16`).
         poolSize: POOL_SIZE ?? concurrency + 1,
         observer: {
-          onTransaction: (event) => {
-            if (session.recording) events.push(event);
+          onTransaction: (event: TransactionEvent) => {
+            if (!session.recording) return;
+            for (const [phase, millis] of Object.entries(event.phases))
+              record(phases, phase, millis);
           },
         },
       });
@@ -337,11 +409,95 @@ function twoPhaseVariant(stack: LocalStack): Variant {
   };
 }
 
+function record(phases: Map<string, number[]>, phase: string, millis: number | undefined): void {
+  if (millis === undefined) return;
+  let samples = phases.get(phase);
+  if (samples === undefined) phases.set(phase, (samples = []));
+  samples.push(millis);
+}
+
+/**
+ * The transfer as a saga: one engine per session with its log in `coordinator` (its pool sized
+ * like each of the coordinator's), and one pool per saga ledger for the steps, sized the same.
+ * A transfer is `engine.run` and then `engine.wait` until the saga settles; one that did not
+ * complete (compensated, needing attention, or still running after 30 s) counts as failed.
+ */
+function sagaVariant(stack: LocalStack): Variant {
+  return {
+    key: 'saga',
+    label: 'saga, two databases',
+    open(concurrency) {
+      const poolSize = POOL_SIZE ?? concurrency + 1;
+      const ledgers = Object.fromEntries(
+        Object.entries(SAGA_LEDGERS).map(([side, db]) => {
+          const pool = new pg.Pool({
+            connectionString: stack.url('primary', db),
+            max: poolSize,
+            application_name: `replikit-saga-${db}`,
+          });
+          pool.on('error', () => undefined);
+          return [side, pool];
+        }),
+      ) as Record<LedgerSide, pg.Pool>;
+      const definition = createBenchTransferSaga((side) => ledgers[side]);
+      const phases = new Map<string, number[]>();
+      /** Step attempts after the first, by saga, until its transfer returns. */
+      const retries = new Map<string, number>();
+      const session = { phases, recording: false };
+      const engine = createSagaEngine({
+        database: stack.url('primary', COORDINATOR_DB),
+        sagas: [definition],
+        poolSize,
+        // Room for every caller's saga at once (the default is 64): a saga the engine has no
+        // room for waits in the log for the next poll (every second).
+        concurrency: Math.max(64, concurrency),
+        observer: {
+          onStep: (event: StepEvent) => {
+            if (event.attempt > 1) retries.set(event.sagaId, (retries.get(event.sagaId) ?? 0) + 1);
+            if (session.recording && event.outcome === 'completed')
+              record(
+                phases,
+                `${event.step}${event.phase === 'run' ? '' : ' (undo)'}`,
+                event.durationMs,
+              );
+          },
+        },
+      });
+      let started: Promise<void> | undefined;
+      return Object.assign(session, {
+        async transfer(t: Transfer): Promise<Outcome> {
+          await (started ??= engine.start());
+          const input: BenchTransferInput = {
+            transferId: t.id,
+            from: { side: t.from, account: t.fromAccount },
+            to: { side: t.to, account: t.toAccount },
+            amount: t.amount,
+          };
+          const { id } = await engine.run(definition, input, { id: t.id });
+          const saga = await engine.wait(id, { timeoutMs: 30_000 });
+          const retried = retries.get(id) ?? 0;
+          retries.delete(id);
+          const { status, failure } = saga.state;
+          if (status !== 'completed')
+            throw new SagaNotCompleted(
+              failure === null ? status : `${status} (${failure.step}: ${failure.reason})`,
+            );
+          return { attempts: 1 + retried, pending: 0 };
+        },
+        async close() {
+          await engine.close();
+          await Promise.all(Object.values(ledgers).map((pool) => pool.end()));
+        },
+      });
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timed cells
 
 interface Cell {
-  readonly variant: Variant['key'];
+  readonly variant: VariantKey;
   readonly concurrency: number;
   readonly round: number;
   readonly transfers: number;
@@ -351,13 +507,16 @@ interface Cell {
   readonly retried: number;
   readonly aborted: Readonly<Record<string, number>>;
   readonly pending: number;
-  /** Median milliseconds of each coordinator phase (2PC only). */
-  readonly phases: Partial<Record<TwoPhasePhase, number>>;
+  /** Median milliseconds of each coordinator phase (2PC), of each saga step (saga). */
+  readonly phases: Readonly<Record<string, number>>;
 }
 
-/** Transfers acknowledged as committed, and failed, per variant (warm-ups included), for the end-state checks. */
-const acknowledged = { ceiling: 0, twopc: 0 };
-const failedTotal = { ceiling: 0, twopc: 0 };
+/**
+ * Transfers acknowledged as committed (for a saga: completed), and failed, per variant (warm-ups
+ * included), for the end-state checks.
+ */
+const acknowledged: Record<VariantKey, number> = { ceiling: 0, twopc: 0, saga: 0 };
+const failedTotal: Record<VariantKey, number> = { ceiling: 0, twopc: 0, saga: 0 };
 
 /**
  * `concurrency` workers, each running transfers back to back for `warmup` + `seconds`; only
@@ -410,13 +569,8 @@ async function runCell(
     await session.close();
     await waitForDisconnect(stack);
   }
-  const phases: Partial<Record<TwoPhasePhase, number>> = {};
-  for (const phase of ['work', 'prepare', 'decide', 'commit'] as const) {
-    const samples = session.events
-      .map((event) => event.phases[phase])
-      .filter((value) => value !== undefined);
-    if (samples.length > 0) phases[phase] = median(samples);
-  }
+  const phases: Record<string, number> = {};
+  for (const [phase, samples] of session.phases) phases[phase] = median(samples);
   const elapsed = Math.max(lastEnd - measureFrom, 1);
   return {
     variant: variant.key,
@@ -452,15 +606,17 @@ function formatReasons(reasons: Readonly<Record<string, number>>): string {
 function throughputTable(cells: readonly Cell[], variants: readonly Variant[]): string {
   const rows: string[][] = [];
   for (const concurrency of CONCURRENCY) {
-    const ceiling = cells.filter((c) => c.concurrency === concurrency && c.variant === 'ceiling');
-    const twopc = cells.filter((c) => c.concurrency === concurrency && c.variant === 'twopc');
-    const ratios = ceiling.flatMap((c) => {
-      const partner = twopc.find((t) => t.round === c.round);
-      return partner === undefined ? [] : [partner.perSecond / c.perSecond];
-    });
+    const of = (key: VariantKey): Cell[] =>
+      cells.filter((c) => c.concurrency === concurrency && c.variant === key);
+    const ceiling = of('ceiling');
     for (const variant of variants) {
-      const mine = variant.key === 'ceiling' ? ceiling : twopc;
+      const mine = of(variant.key);
       if (mine.length === 0) continue;
+      // Within each round: this variant's throughput over the ceiling's.
+      const ratios = mine.flatMap((c) => {
+        const partner = ceiling.find((t) => t.round === c.round);
+        return partner === undefined ? [] : [c.perSecond / partner.perSecond];
+      });
       const transfers = mine.reduce((n, c) => n + c.transfers, 0);
       const retried = mine.reduce((n, c) => n + c.retried, 0);
       const pending = mine.reduce((n, c) => n + c.pending, 0);
@@ -471,7 +627,7 @@ function throughputTable(cells: readonly Cell[], variants: readonly Variant[]): 
         `${mine.map((c) => c.perSecond.toFixed(0)).join(', ')}`,
         ms(median(mine.map((c) => c.p50))),
         ms(median(mine.map((c) => c.p99))),
-        variant.key === 'twopc' && ratios.length > 0
+        variant.key !== 'ceiling' && ratios.length > 0
           ? `${median(ratios).toFixed(2)} (${ratios.map((r) => r.toFixed(2)).join(', ')})`
           : '–',
         String(transfers),
@@ -489,7 +645,7 @@ function throughputTable(cells: readonly Cell[], variants: readonly Variant[]): 
       'transfers/s per round',
       'p50 (ms)',
       'p99 (ms)',
-      '2PC / ceiling throughput (per round)',
+      '2PC or saga / ceiling throughput (per round)',
       'transfers timed',
       'retries',
       'aborted',
@@ -499,12 +655,12 @@ function throughputTable(cells: readonly Cell[], variants: readonly Variant[]): 
   );
 }
 
-function phasesTable(cells: readonly Cell[]): string {
-  const phases: readonly TwoPhasePhase[] = ['work', 'prepare', 'decide', 'commit'];
+/** Median end-to-end p50 and the median of each phase's per-cell medians, by concurrency. */
+function phasesTable(cells: readonly Cell[], key: VariantKey, phases: readonly string[]): string {
   return table(
     ['concurrency', 'end to end p50 (ms)', ...phases.map((phase) => `${phase} p50 (ms)`)],
     CONCURRENCY.flatMap((concurrency) => {
-      const mine = cells.filter((c) => c.concurrency === concurrency && c.variant === 'twopc');
+      const mine = cells.filter((c) => c.concurrency === concurrency && c.variant === key);
       if (mine.length === 0) return [];
       return [
         [
@@ -631,13 +787,24 @@ async function countPass(stack: LocalStack, variant: Variant): Promise<CountResu
   const short = await sessionDelta(stack, variant, COUNT);
   const counter = new QueryCounter();
   const long = await sessionDelta(stack, variant, 2 * COUNT, { from: COUNT, counter });
-  const apps = variant.key === 'ceiling' ? [CEILING_APP] : COORDINATOR_APPS;
+  const apps = { ceiling: [CEILING_APP], twopc: COORDINATOR_APPS, saga: SAGA_APPS }[variant.key];
+  const databases = {
+    ceiling: [CEILING_DB],
+    twopc: [...LEDGERS, COORDINATOR_DB],
+    saga: [...Object.values(SAGA_LEDGERS), COORDINATOR_DB],
+  }[variant.key];
+  const connection = (app: string): string =>
+    app === CEILING_APP
+      ? CEILING_DB
+      : app === SAGA_LOG_APP
+        ? `${COORDINATOR_DB} (saga log)`
+        : app.replace(/^replikit-(2pc|saga)-/, '');
   const per = (a: number, b: number): number => (b - a) / COUNT;
   return {
     label: variant.label,
-    databases: variant.key === 'ceiling' ? [CEILING_DB] : [...LEDGERS, COORDINATOR_DB],
+    databases,
     statements: Object.fromEntries(
-      apps.map((app) => [app.replace('replikit-2pc-', ''), counter.count(app) / COUNT]),
+      apps.map((app) => [connection(app), counter.count(app) / COUNT]),
     ),
     commits: Object.fromEntries(
       DATABASES.map((db) => [db, per(short.commits[db] ?? 0, long.commits[db] ?? 0)]),
@@ -662,7 +829,7 @@ function countTable(results: readonly CountResult[]): string {
         result.label,
         fmt(total),
         Object.entries(result.statements)
-          .map(([name, n]) => `${name === CEILING_APP ? CEILING_DB : name} ${fmt(n)}`)
+          .map(([name, n]) => `${name} ${fmt(n)}`)
           .join(', '),
         Object.entries(result.commits)
           .filter(([db]) => result.databases.includes(db))
@@ -681,6 +848,7 @@ interface Check {
   readonly check: string;
   readonly ceiling: string;
   readonly twopc: string;
+  readonly saga: string;
   readonly ok: boolean;
 }
 
@@ -718,6 +886,7 @@ async function verify(stack: LocalStack): Promise<Check[]> {
       preparedAtEnd === preparedAfterRecovery
         ? String(preparedAtEnd)
         : `${preparedAtEnd} at the end, ${preparedAfterRecovery} after one recovery pass`,
+    saga: '–',
     ok: preparedAfterRecovery === 0,
   });
 
@@ -729,11 +898,14 @@ async function verify(stack: LocalStack): Promise<Check[]> {
   const ceilingMoney =
     (await sumOf(CEILING_DB, 'a.accounts')) + (await sumOf(CEILING_DB, 'b.accounts'));
   const twopcMoney = (await sumOf('ledger_a', 'accounts')) + (await sumOf('ledger_b', 'accounts'));
+  const sagaMoney =
+    (await sumOf(SAGA_LEDGERS.a, 'accounts')) + (await sumOf(SAGA_LEDGERS.b, 'accounts'));
   checks.push({
     check: `total money (expected ${expected})`,
     ceiling: String(ceilingMoney),
     twopc: String(twopcMoney),
-    ok: ceilingMoney === expected && twopcMoney === expected,
+    saga: String(sagaMoney),
+    ok: ceilingMoney === expected && twopcMoney === expected && sagaMoney === expected,
   });
 
   // Each side's balances moved by exactly the amounts its transfer rows record.
@@ -748,11 +920,27 @@ async function verify(stack: LocalStack): Promise<Check[]> {
     );
   const ceilingDrift = [await drift(CEILING_DB, 'a.'), await drift(CEILING_DB, 'b.')];
   const twopcDrift = [await drift('ledger_a', ''), await drift('ledger_b', '')];
+  // A saga ledger records its entries in `saga_entries`; only applied ones moved money.
+  const sagaDrift: number[] = [];
+  for (const db of Object.values(SAGA_LEDGERS)) {
+    sagaDrift.push(
+      Number(
+        await scalar<string>(
+          stack,
+          db,
+          `select ((select sum(balance) from accounts) - ${ACCOUNTS * OPENING_BALANCE}
+                  - (select coalesce(sum(amount), 0) from saga_entries where status = 'applied'))::text as v`,
+        ),
+      ),
+    );
+  }
   checks.push({
-    check: 'balances minus opening minus recorded transfers, per side (expected 0, 0)',
+    check:
+      'balances minus opening minus recorded transfers (saga: applied entries), per side (expected 0, 0)',
     ceiling: ceilingDrift.join(', '),
     twopc: twopcDrift.join(', '),
-    ok: [...ceilingDrift, ...twopcDrift].every((n) => n === 0),
+    saga: sagaDrift.join(', '),
+    ok: [...ceilingDrift, ...twopcDrift, ...sagaDrift].every((n) => n === 0),
   });
 
   // Both sides hold the same transfer ids, with opposite amounts.
@@ -777,11 +965,56 @@ async function verify(stack: LocalStack): Promise<Check[]> {
   let twopcMismatch = 0;
   for (const [id, amount] of sideA) if (sideB.get(id) !== -amount) twopcMismatch++;
   for (const id of sideB.keys()) if (!sideA.has(id)) twopcMismatch++;
+  // Every completed saga: exactly one applied debit (`<id>/debit`, on the side it names, of minus
+  // the amount) and one applied credit (`<id>/credit`, plus the amount); every other saga: no
+  // applied entry (a compensated debit is `reversed`, or `cancelled` if the reversal came first).
+  const sagas = await stack.query<{ id: string; status: string; input: BenchTransferInput }>(
+    'primary',
+    'select id, status, input from replikit_sagas where saga = $1',
+    [BENCH_TRANSFER_SAGA],
+    COORDINATOR_DB,
+  );
+  const entries = new Map<string, { side: LedgerSide; account: string; amount: number }>();
+  let orphanEntries = 0;
+  for (const [side, db] of Object.entries(SAGA_LEDGERS) as [LedgerSide, string][]) {
+    for (const row of await stack.query<{ key: string; account: string; amount: string }>(
+      'primary',
+      "select key, account, amount::text as amount from saga_entries where status = 'applied'",
+      [],
+      db,
+    )) {
+      if (entries.has(row.key)) orphanEntries++;
+      entries.set(row.key, { side, account: row.account, amount: Number(row.amount) });
+    }
+  }
+  const byStatus: Record<string, number> = {};
+  let sagaMismatch = 0;
+  for (const saga of sagas) {
+    byStatus[saga.status] = (byStatus[saga.status] ?? 0) + 1;
+    const debit = entries.get(`${saga.id}/debit`);
+    const credit = entries.get(`${saga.id}/credit`);
+    entries.delete(`${saga.id}/debit`);
+    entries.delete(`${saga.id}/credit`);
+    const { from, to, amount } = saga.input;
+    const ok =
+      saga.status === 'completed'
+        ? debit?.side === from.side &&
+          debit.account === from.account &&
+          debit.amount === -amount &&
+          credit?.side === to.side &&
+          credit.account === to.account &&
+          credit.amount === amount
+        : debit === undefined && credit === undefined;
+    if (!ok) sagaMismatch++;
+  }
+  orphanEntries += entries.size;
   checks.push({
-    check: 'transfer ids on one side only, or amounts that do not cancel',
+    check:
+      'transfer ids on one side only, or amounts that do not cancel (saga: sagas whose applied entries are not exactly a debit and a credit when completed, none otherwise; applied entries of no saga)',
     ceiling: String(ceilingMismatch),
     twopc: String(twopcMismatch),
-    ok: ceilingMismatch === 0 && twopcMismatch === 0,
+    saga: `${sagaMismatch}; ${orphanEntries}`,
+    ok: ceilingMismatch === 0 && twopcMismatch === 0 && sagaMismatch === 0 && orphanEntries === 0,
   });
 
   const ceilingRows = await scalar<number>(
@@ -789,17 +1022,35 @@ async function verify(stack: LocalStack): Promise<Check[]> {
     CEILING_DB,
     'select count(*)::int as v from a.transfers',
   );
+  const completed = byStatus.completed ?? 0;
   checks.push({
-    check: 'transfers recorded / acknowledged as committed (warm-ups and counting pass included)',
+    check:
+      'transfers recorded (saga: completed) / acknowledged as committed (warm-ups and counting pass included)',
     ceiling: `${ceilingRows} / ${acknowledged.ceiling}`,
     twopc: `${sideA.size} / ${acknowledged.twopc}`,
-    ok: ceilingRows === acknowledged.ceiling && sideA.size === acknowledged.twopc,
+    saga: `${completed} / ${acknowledged.saga}`,
+    ok:
+      ceilingRows === acknowledged.ceiling &&
+      sideA.size === acknowledged.twopc &&
+      completed === acknowledged.saga,
   });
   checks.push({
-    check: 'transfers that failed (none of them may be recorded)',
+    check: 'transfers that failed (none of them may be recorded; saga: none may be completed)',
     ceiling: String(failedTotal.ceiling),
     twopc: String(failedTotal.twopc),
+    saga: String(failedTotal.saga),
     ok: true,
+  });
+  const unfinished = sagas.length - completed - (byStatus.compensated ?? 0);
+  checks.push({
+    check: 'sagas by status; left running, compensating or needing attention (expected 0)',
+    ceiling: '–',
+    twopc: '–',
+    saga:
+      Object.entries(byStatus)
+        .map(([status, n]) => `${status} ${n}`)
+        .join(', ') + `; ${unfinished}`,
+    ok: unfinished === 0,
   });
   const decisions = await scalar<number>(
     stack,
@@ -811,6 +1062,7 @@ async function verify(stack: LocalStack): Promise<Check[]> {
       'decision rows kept (recovery prunes each a minute after no participant holds its transaction prepared)',
     ceiling: '–',
     twopc: String(decisions),
+    saga: '–',
     ok: true,
   });
   return checks;
@@ -818,8 +1070,14 @@ async function verify(stack: LocalStack): Promise<Check[]> {
 
 function checksTable(checks: readonly Check[]): string {
   return table(
-    ['check', 'ceiling (`ledger_one`)', '2PC (`ledger_a` + `ledger_b`)', 'result'],
-    checks.map((c) => [c.check, c.ceiling, c.twopc, c.ok ? 'ok' : '**FAILED**']),
+    [
+      'check',
+      'ceiling (`ledger_one`)',
+      '2PC (`ledger_a` + `ledger_b`)',
+      'saga (`saga_ledger_a` + `saga_ledger_b`)',
+      'result',
+    ],
+    checks.map((c) => [c.check, c.ceiling, c.twopc, c.saga, c.ok ? 'ok' : '**FAILED**']),
   );
 }
 
@@ -835,7 +1093,7 @@ let output: string;
 let failed: boolean;
 try {
   await prepare(stack);
-  const variants = [ceilingVariant(stack), twoPhaseVariant(stack)];
+  const variants = [ceilingVariant(stack), twoPhaseVariant(stack), sagaVariant(stack)];
 
   progress(
     `warm-up: ${WARMUP_SECONDS + 1} s of each variant at concurrency ${CONCURRENCY[0]}, not recorded`,
@@ -845,8 +1103,9 @@ try {
   const cells: Cell[] = [];
   for (const concurrency of CONCURRENCY) {
     for (let round = 0; round < ROUNDS; round++) {
-      // Alternate which variant goes first, so drift on the shared machine is spread.
-      const order = round % 2 === 0 ? variants : [...variants].reverse();
+      // Rotate which variant goes first, so drift on the shared machine is spread.
+      const first = round % variants.length;
+      const order = [...variants.slice(first), ...variants.slice(0, first)];
       for (const variant of order) {
         stop.signal.throwIfAborted();
         const cell = await runCell(stack, variant, concurrency, round);
@@ -878,13 +1137,18 @@ try {
     '### Throughput and latency',
     '',
     `${ACCOUNTS} accounts per side, random transfers of 1–${MAX_AMOUNT} in either direction; ` +
-      `${ROUNDS} rounds per concurrency level, ceiling and 2PC alternating, each cell ` +
-      `${WARMUP_SECONDS} s unrecorded then ${SECONDS} s timed. Throughput, p50 and p99 are ` +
-      `medians across rounds; the ratio is taken within each round; retries, aborts and ` +
-      `pending commits are summed over the rounds. Latency is per transfer as the caller sees ` +
-      `it, retries included. Pools: the ceiling's holds one connection per caller; the ` +
-      `coordinator's \`poolSize\` is ${POOL_SIZE ?? 'concurrency + 1'} (each of its three pools), ` +
-      `recovery every 5 s (its defaults otherwise).`,
+      `${ROUNDS} rounds per concurrency level, the three variants in an order rotating from ` +
+      `round to round, each cell ${WARMUP_SECONDS} s unrecorded then ${SECONDS} s timed. ` +
+      `Throughput, p50 and p99 are medians across rounds; the ratios are taken within each ` +
+      `round; retries, aborts and pending commits are summed over the rounds. Latency is per ` +
+      `transfer as the caller sees it, retries included (for a saga: \`engine.run\` until ` +
+      `\`engine.wait\` returns it completed; a saga that did not complete counts as aborted, ` +
+      `with its status and failure; a retry is a step attempt after the first). Pools: the ` +
+      `ceiling's holds one connection per caller; the coordinator's \`poolSize\` is ` +
+      `${POOL_SIZE ?? 'concurrency + 1'} (each of its three pools), recovery every 5 s (its ` +
+      `defaults otherwise); the saga engine's \`poolSize\` and each saga ledger's pool are ` +
+      `${POOL_SIZE ?? 'concurrency + 1'} too, the engine's \`concurrency\` at least the ` +
+      `callers (default 64), its defaults otherwise.`,
     '',
     throughputTable(cells, variants),
     '',
@@ -896,7 +1160,16 @@ try {
       `on both, in parallel, on the connections that prepared. Not in any phase: the coordinator ` +
       `connection's checkout, advisory lock and unlock.`,
     '',
-    phasesTable(cells),
+    phasesTable(cells, 'twopc', ['work', 'prepare', 'decide', 'commit']),
+    '',
+    '### Where a saga transfer spends its time',
+    '',
+    `The saga engine's step timings (its observer), medians: debit and credit = one attempt of ` +
+      `the step, \`applyEntry\`'s one statement on the ledger's pool. The rest of the end-to-end ` +
+      `time is the saga log: the saga's insert with its first step's intent, a checkpoint after ` +
+      `each step (batched across sagas), and \`engine.wait\`.`,
+    '',
+    phasesTable(cells, 'saga', ['debit', 'credit']),
     '',
     '### Statements and WAL flushes per transfer',
     '',
