@@ -27,3 +27,14 @@ export class ReplikitError extends Error {
     this.details = options.details ?? {};
   }
 }
+
+/** An error's message, or any other thrown value as a string. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The SQLSTATE of a PostgreSQL error (such as `23514`, a check violation), if `err` is one. */
+export function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
+}

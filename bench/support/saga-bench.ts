@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { DBOS, type StepConfig } from '@dbos-inc/dbos-sdk';
 import type pg from 'pg';
 
+import { countBooks as countDemoBooks, type OrderPools } from '../../src/app/orders/books.js';
 import type { OrderInput, OrderServices } from '../../src/app/orders/order-saga.js';
 import { DEMO_CUSTOMERS, DEMO_STOCK } from '../../src/app/orders/services.js';
 import { StepRejected } from '../../src/saga/index.js';
@@ -34,12 +35,7 @@ export type EngineKey = 'replikit' | 'dbos' | 'dbos-fresh';
 export type KeyMode = 'stable' | 'fresh';
 
 /** Pools on the four databases a saga touches besides the engine's own. */
-export interface OrderPools {
-  readonly orders: pg.Pool;
-  readonly payments: pg.Pool;
-  readonly inventory: pg.Pool;
-  readonly shipping: pg.Pool;
-}
+export type { OrderPools };
 
 /** A small order every demo customer can pay, of one unit of one product. */
 export function sampleOrder(overrides: Partial<OrderInput> = {}): OrderInput {
@@ -112,7 +108,7 @@ export interface Duplicates {
   readonly shipments: number;
 }
 
-async function countOf(pool: pg.Pool, sql: string): Promise<number> {
+async function countOf(pool: Pick<pg.Pool, 'query'>, sql: string): Promise<number> {
   const { rows } = await pool.query<{ n: string }>(sql);
   return Number(rows[0]?.n ?? 0);
 }
@@ -124,84 +120,11 @@ function ordersWithMoreThanOne(table: string, statuses: readonly string[]): stri
 }
 
 /**
- * Counts the books: money (wallets + standing charges = opening balances), stock (available +
- * reserved = opening stock), and per order: a confirmed order has exactly one standing charge,
- * reservation and shipment; a rejected or missing one has none. Then counts effects applied twice.
+ * Counts the books (the demo's invariants, `src/app/orders/books.ts`), then the effects applied
+ * twice.
  */
 export async function countBooks(pools: OrderPools): Promise<Books> {
-  const problems: string[] = [];
-  const { rows: orders } = await pools.orders.query<{ id: string; status: string }>(
-    'select id, status from orders',
-  );
-  const { rows: money } = await pools.payments.query<{ wallets: string; charged: string }>(
-    `select (select coalesce(sum(balance), 0) from wallets) as wallets,
-            (select coalesce(sum(amount), 0) from payments where status = 'charged') as charged`,
-  );
-  const expectedMoney = DEMO_CUSTOMERS.count * DEMO_CUSTOMERS.openingBalance;
-  const walletSum = Number(money[0]?.wallets);
-  const chargedSum = Number(money[0]?.charged);
-  if (walletSum + chargedSum !== expectedMoney)
-    problems.push(`wallets ${walletSum} + charges ${chargedSum} != ${expectedMoney}`);
-  const { rows: stock } = await pools.inventory.query<{
-    sku: string;
-    available: number;
-    reserved: string;
-  }>(
-    `select s.sku, s.available,
-            coalesce((select sum((i->>'qty')::int) from reservations r, jsonb_array_elements(r.items) i
-                      where r.status = 'reserved' and i->>'sku' = s.sku), 0) as reserved
-     from stock s`,
-  );
-  for (const row of stock) {
-    if (row.available + Number(row.reserved) !== DEMO_STOCK.units)
-      problems.push(
-        `${row.sku}: available ${row.available} + reserved ${row.reserved} != ${DEMO_STOCK.units}`,
-      );
-  }
-  const standing = async (pool: pg.Pool, sql: string) => {
-    const { rows } = await pool.query<{ order_id: string; n: string }>(sql);
-    return new Map(rows.map((row) => [row.order_id, Number(row.n)]));
-  };
-  const kinds = [
-    [
-      'charge',
-      await standing(
-        pools.payments,
-        `select order_id, count(*) as n from payments where status = 'charged' group by order_id`,
-      ),
-    ],
-    [
-      'reservation',
-      await standing(
-        pools.inventory,
-        `select order_id, count(*) as n from reservations where status = 'reserved' group by order_id`,
-      ),
-    ],
-    [
-      'shipment',
-      await standing(
-        pools.shipping,
-        `select order_id, count(*) as n from shipments where status = 'scheduled' group by order_id`,
-      ),
-    ],
-  ] as const;
-  const byId = new Map(orders.map((order) => [order.id, order]));
-  for (const [name, map] of kinds) {
-    for (const [orderId, n] of map) {
-      const order = byId.get(orderId);
-      if (order === undefined)
-        problems.push(`${name} standing for order ${orderId}, which does not exist`);
-      else if (order.status === 'rejected')
-        problems.push(`${name} standing for rejected order ${orderId}`);
-      if (n > 1) problems.push(`${n} ${name}s standing for order ${orderId}`);
-    }
-  }
-  for (const order of orders) {
-    if (order.status !== 'confirmed') continue;
-    for (const [name, map] of kinds) {
-      if (map.get(order.id) !== 1) problems.push(`confirmed order ${order.id} has no ${name}`);
-    }
-  }
+  const books = await countDemoBooks(pools);
   const duplicates: Duplicates = {
     charges: await countOf(
       pools.payments,
@@ -215,13 +138,7 @@ export async function countBooks(pools: OrderPools): Promise<Books> {
     releases: await countOf(pools.inventory, ordersWithMoreThanOne('reservations', ['released'])),
     shipments: await countOf(pools.shipping, ordersWithMoreThanOne('shipments', ['scheduled'])),
   };
-  return {
-    confirmed: orders.filter((o) => o.status === 'confirmed').length,
-    rejected: orders.filter((o) => o.status === 'rejected').length,
-    pending: orders.filter((o) => o.status === 'pending').length,
-    problems,
-    duplicates,
-  };
+  return { ...books, duplicates };
 }
 
 /** The sum of a {@link Duplicates}. */

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 
 import { defineSaga, StepRejected, type SagaDefinition } from '../saga/index.js';
+import { sqlState } from '../errors.js';
 
 /** What a transfer saga is started with. */
 export const transferInputSchema = z.strictObject({
@@ -17,11 +18,6 @@ export type TransferInput = z.infer<typeof transferInputSchema>;
 type Db = Pick<pg.Pool, 'query'>;
 
 const CHECK_VIOLATION = '23514';
-
-function sqlState(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
 
 /**
  * Applies `amount` (negative for a debit) to an account once per key, in one statement: the entry

@@ -121,7 +121,5 @@ export function normalizeHeaders(
   return out;
 }
 
-/** The message of an unknown thrown value. */
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+/** An error's message (the project's one helper, here for the messaging modules). */
+export { errorMessage } from '../errors.js';

@@ -24,6 +24,7 @@ import {
 import { RoutingError } from './routing-error.js';
 import type { RouteReason, RoutingObserver } from './routing-observer.js';
 import { currentSession, recordToken } from './session.js';
+import { errorMessage } from '../errors.js';
 
 /** A node to connect to: a connection string, or a `pg` pool configuration. */
 export type NodeConnection = DatabaseConnection;
@@ -151,10 +152,6 @@ async function withClient<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promi
   } finally {
     release(broken);
   }
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /**

@@ -74,6 +74,7 @@ import {
   type SagaState,
   type Transition,
 } from './saga-state.js';
+import { errorMessage } from '../errors.js';
 
 /** How an attempt of a step or compensation ended, for metrics. */
 export type StepEventOutcome = 'completed' | 'rejected' | 'failed' | 'parked';
@@ -211,10 +212,6 @@ type HookContext = SagaContext<unknown> & { readonly failure: SagaFailure };
 
 /** Thrown inside the engine when a checkpoint is refused; never leaves it. */
 class Fenced extends Error {}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 function isTerminal(state: SagaState): boolean {
   return TERMINAL_STATUSES.includes(state.status);

@@ -5,6 +5,7 @@ import pg from 'pg';
 import { checkout, type DatabaseConnection } from '../db/checkout.js';
 import { formatGid, GID_PREFIX, isGidName, newTransactionId, parseGid } from './gid.js';
 import { TwoPhaseError } from './twopc-error.js';
+import { errorMessage, sqlState } from '../errors.js';
 
 /** The phases of a distributed transaction, as metrics and spans name them. */
 export type TwoPhasePhase = 'work' | 'prepare' | 'decide' | 'commit';
@@ -123,19 +124,10 @@ const SCHEMA = `
 const RETRYABLE = new Set(['40P01', '40001', '55P03']);
 const UNDEFINED_OBJECT = '42704';
 
-function sqlState(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
-
 function isRetryable(err: unknown): boolean {
   const cause = err instanceof TwoPhaseError ? err.cause : err;
   const code = sqlState(cause);
   return code !== undefined && RETRYABLE.has(code);
-}
-
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** A string literal for PREPARE/COMMIT PREPARED, which take no parameters. Global ids are checked by pattern. */
@@ -280,7 +272,7 @@ export class Coordinator {
     if (interval > 0) {
       this.#timer = setInterval(() => {
         this.recover().catch((err: unknown) =>
-          this.#options.logger?.warn({ err: message(err) }, 'two-phase recovery pass failed'),
+          this.#options.logger?.warn({ err: errorMessage(err) }, 'two-phase recovery pass failed'),
         );
       }, interval);
       this.#timer.unref();
@@ -324,7 +316,7 @@ export class Coordinator {
         this.#report({ outcome, attempts, phases });
         span.setAttributes({ 'replikit.2pc.outcome': outcome, 'replikit.2pc.attempts': attempts });
         span.recordException(err as Error);
-        span.setStatus({ code: SpanStatusCode.ERROR, message: message(err) });
+        span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(err) });
         throw err;
       } finally {
         span.end();
@@ -345,7 +337,7 @@ export class Coordinator {
     } catch (err) {
       throw new TwoPhaseError(
         'TWOPC_ABORTED',
-        `could not reach the coordinator's database: ${message(err)}`,
+        `could not reach the coordinator's database: ${errorMessage(err)}`,
         {
           cause: err,
           details: { transaction },
@@ -426,7 +418,7 @@ export class Coordinator {
         void this.recover().catch(() => undefined);
         throw new TwoPhaseError(
           'TWOPC_IN_DOUBT',
-          `recording the decision failed (${message(err)}); recovery will commit or roll back every participant`,
+          `recording the decision failed (${errorMessage(err)}); recovery will commit or roll back every participant`,
           { cause: err, details: { transaction, participants: [...opened.keys()] } },
         );
       }
@@ -434,7 +426,7 @@ export class Coordinator {
       if (err instanceof TwoPhaseError) throw err;
       throw new TwoPhaseError(
         'TWOPC_ABORTED',
-        `the distributed transaction was rolled back: ${message(err)}`,
+        `the distributed transaction was rolled back: ${errorMessage(err)}`,
         {
           cause: err,
           details: { transaction, participants: [...opened.keys()] },
@@ -484,7 +476,7 @@ export class Coordinator {
               entry.prepared = true;
             } catch (err) {
               span.recordException(err as Error);
-              span.setStatus({ code: SpanStatusCode.ERROR, message: message(err) });
+              span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(err) });
               throw err;
             } finally {
               span.end();
@@ -543,7 +535,7 @@ export class Coordinator {
                 pending.push(participant);
                 span.recordException(err as Error);
                 this.#options.logger?.warn(
-                  { transaction, participant, err: message(err) },
+                  { transaction, participant, err: errorMessage(err) },
                   'COMMIT PREPARED failed after the decision; recovery will commit it',
                 );
               }
@@ -593,7 +585,7 @@ export class Coordinator {
           // The connection is gone or busy: discard it. Recovery rolls back anything prepared.
           entry.release(true);
           this.#options.logger?.warn(
-            { transaction, participant, err: message(err) },
+            { transaction, participant, err: errorMessage(err) },
             'rollback failed; recovery will finish it',
           );
         }
@@ -630,7 +622,7 @@ export class Coordinator {
       } catch (err) {
         unreachable.push(participant);
         this.#options.logger?.warn(
-          { participant, err: message(err) },
+          { participant, err: errorMessage(err) },
           'recovery could not reach a participant',
         );
         continue;
@@ -642,7 +634,7 @@ export class Coordinator {
         stillPrepared.add(id.transaction);
         const outcome = await this.#resolve(pool, row.gid, id.transaction).catch((err: unknown) => {
           this.#options.logger?.warn(
-            { gid: row.gid, err: message(err) },
+            { gid: row.gid, err: errorMessage(err) },
             'recovery could not resolve a prepared transaction',
           );
           return 'unresolved' as const;
@@ -664,7 +656,7 @@ export class Coordinator {
           [[...stillPrepared]],
         )
         .catch((err: unknown) =>
-          this.#options.logger?.warn({ err: message(err) }, 'could not prune decisions'),
+          this.#options.logger?.warn({ err: errorMessage(err) }, 'could not prune decisions'),
         );
     }
     const report: RecoveryReport = {
@@ -684,7 +676,7 @@ export class Coordinator {
     try {
       this.#options.observer?.onRecovery?.(report);
     } catch (err) {
-      this.#options.logger?.warn({ err: message(err) }, 'two-phase observer failed');
+      this.#options.logger?.warn({ err: errorMessage(err) }, 'two-phase observer failed');
     }
     return report;
   }
@@ -734,7 +726,7 @@ export class Coordinator {
     try {
       this.#options.observer?.onTransaction?.(event);
     } catch (err) {
-      this.#options.logger?.warn({ err: message(err) }, 'two-phase observer failed');
+      this.#options.logger?.warn({ err: errorMessage(err) }, 'two-phase observer failed');
     }
   }
 

@@ -2,6 +2,7 @@ import type pg from 'pg';
 
 import type { Migration } from '../../db/migrate.js';
 import { StepRejected } from '../../saga/index.js';
+import { sqlState } from '../../errors.js';
 
 /**
  * The three downstream services of the order demo. Each owns a database of its own and is
@@ -17,11 +18,6 @@ type Db = Pick<pg.PoolClient, 'query'>;
 
 const CHECK_VIOLATION = '23514';
 const FOREIGN_KEY_VIOLATION = '23503';
-
-function sqlState(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
 
 /** Demo customers (`c1`…`c20`) and how much each wallet starts with. */
 export const DEMO_CUSTOMERS = { count: 20, openingBalance: 10_000 } as const;
