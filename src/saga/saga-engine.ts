@@ -41,6 +41,7 @@ import type {
   StepContext,
 } from './define-saga.js';
 import { SagaError, StepRejected } from './saga-error.js';
+import { SettledSagas } from './settled-sagas.js';
 import {
   claimSagas,
   countUnfinished,
@@ -250,9 +251,7 @@ export class SagaEngine {
   readonly #concurrency: number;
   readonly #inserts: GroupCommit<NewSaga, boolean>;
   readonly #checkpoints: GroupCommit<Checkpoint, boolean>;
-  readonly #waiters = new Map<string, Set<() => void>>();
-  /** Sagas this process finished lately, as it wrote them, so `wait` need not read them back. */
-  readonly #recent = new Map<string, { readonly at: number; readonly record: SagaRecord }>();
+  readonly #settled = new SettledSagas();
   #reserved = 0;
   #timers: NodeJS.Timeout[] = [];
   #pollTimer: NodeJS.Timeout | undefined;
@@ -459,13 +458,13 @@ export class SagaEngine {
     options: { readonly timeoutMs?: number; readonly signal?: AbortSignal } = {},
   ): Promise<SagaRecord> {
     const deadline = Date.now() + (options.timeoutMs ?? 30_000);
-    if (this.#instances.has(id) || this.#recent.has(id)) {
+    if (this.#instances.has(id) || this.#settled.get(id) !== undefined) {
       // Held here: it settles in this process, which knows its final state without a read.
-      const wakeup = this.#wakeup(id, Math.max(0, deadline - Date.now()), options.signal);
-      if (!this.#recent.has(id)) await wakeup.promise;
+      const wakeup = this.#settled.wakeup(id, Math.max(0, deadline - Date.now()), options.signal);
+      if (this.#settled.get(id) === undefined) await wakeup.promise;
       else wakeup.cancel();
-      const recent = this.#recent.get(id);
-      if (recent !== undefined) return recent.record;
+      const recent = this.#settled.get(id);
+      if (recent !== undefined) return recent;
       // Not settled here (still running at the deadline, waiting for a retry, or taken over
       // elsewhere): the log says where it is.
     }
@@ -473,7 +472,7 @@ export class SagaEngine {
       const left = deadline - Date.now();
       // Listen before reading: a saga that settles between the read and the wait is not missed.
       // A saga held elsewhere settles without telling this process: look again every 100 ms.
-      const wakeup = this.#wakeup(
+      const wakeup = this.#settled.wakeup(
         id,
         Math.max(0, Math.min(left, this.#instances.has(id) ? left : 100)),
         options.signal,
@@ -665,7 +664,7 @@ export class SagaEngine {
         );
       const next = decide(definition, record.state);
       if (await overrideSaga(this.#pool, id, record.epoch, next)) {
-        this.#recent.delete(id);
+        this.#settled.forget(id);
         // A local holder, if any, is fenced by the new epoch; drop it now rather than at its next write.
         const local = this.#instances.get(id);
         if (local !== undefined) this.#drop(local, 'overridden');
@@ -760,7 +759,7 @@ export class SagaEngine {
       attempts: new Map(),
     };
     this.#instances.set(instance.id, instance);
-    this.#recent.delete(instance.id);
+    this.#settled.forget(instance.id);
     this.#start(instance);
   }
 
@@ -1095,37 +1094,29 @@ export class SagaEngine {
     }
     instance.span.end();
     this.#instances.delete(instance.id);
-    this.#remember(instance);
-    this.#notify(instance.id);
+    this.#settled.settle(instance.id, this.#snapshot(instance));
   }
 
-  /** Keeps a settled saga's final state for a while (30 s) for {@link SagaEngine.wait}. */
-  #remember(instance: Instance): void {
+  /** The saga as this process last wrote it, for {@link SagaEngine.wait}. */
+  #snapshot(instance: Instance): SagaRecord {
     const now = Date.now();
-    for (const [id, entry] of this.#recent) {
-      if (now - entry.at < 30_000 && this.#recent.size < 10_000) break;
-      this.#recent.delete(id);
-    }
     const finished = isTerminal(instance.state);
-    this.#recent.set(instance.id, {
-      at: now,
-      record: {
-        id: instance.id,
-        saga: instance.definition.name,
-        version: instance.definition.version,
-        key: instance.key,
-        input: instance.input as Json,
-        state: instance.state,
-        trace: null,
-        owner: null,
-        epoch: instance.epoch,
-        leaseUntil: null,
-        nextAttemptAt: new Date(now),
-        createdAt: new Date(instance.createdAt),
-        updatedAt: new Date(now),
-        finishedAt: finished ? new Date(now) : null,
-      },
-    });
+    return {
+      id: instance.id,
+      saga: instance.definition.name,
+      version: instance.definition.version,
+      key: instance.key,
+      input: instance.input as Json,
+      state: instance.state,
+      trace: null,
+      owner: null,
+      epoch: instance.epoch,
+      leaseUntil: null,
+      nextAttemptAt: new Date(now),
+      createdAt: new Date(instance.createdAt),
+      updatedAt: new Date(now),
+      finishedAt: finished ? new Date(now) : null,
+    };
   }
 
   /** Stops working on a saga without finishing it (fenced, overridden, or the log failed). */
@@ -1146,38 +1137,6 @@ export class SagaEngine {
         'lost the lease of a saga; the process that took it over continues it',
       );
     }
-    this.#notify(instance.id);
-  }
-
-  #notify(id: string): void {
-    const waiters = this.#waiters.get(id);
-    if (waiters === undefined) return;
-    this.#waiters.delete(id);
-    for (const wake of waiters) wake();
-  }
-
-  /** Resolves when the saga settles in this process, `ms` pass, or `signal` aborts. */
-  #wakeup(
-    id: string,
-    ms: number,
-    signal?: AbortSignal,
-  ): { readonly promise: Promise<void>; cancel(): void } {
-    const waiters = this.#waiters.get(id) ?? new Set();
-    this.#waiters.set(id, waiters);
-    let timer: NodeJS.Timeout | undefined;
-    let wake = (): void => undefined;
-    const promise = new Promise<void>((resolve) => {
-      wake = (): void => {
-        clearTimeout(timer);
-        waiters.delete(wake);
-        if (waiters.size === 0 && this.#waiters.get(id) === waiters) this.#waiters.delete(id);
-        signal?.removeEventListener('abort', wake);
-        resolve();
-      };
-      timer = setTimeout(wake, ms);
-      waiters.add(wake);
-      signal?.addEventListener('abort', wake, { once: true });
-    });
-    return { promise, cancel: () => wake() };
+    this.#settled.settle(instance.id);
   }
 }
