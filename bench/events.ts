@@ -11,11 +11,14 @@
  *    store with its own asynchronous consumer: lag is from an append's acknowledgement to the
  *    commit of the batch that applied it (Emmett: to its handler's call, which is earlier).
  * 3. Missed events: the events each consumer applied, against a recount from the log, live
- *    (after the writers stop and the consumer goes quiet) and on replay (a new consumer from the
- *    start of the log).
+ *    (after the writers stop) and on replay (a new consumer from the start of the log; for the
+ *    large log of the throughput cells, bounded by --replay-seconds). Only an event the
+ *    consumer's checkpoint has passed without applying it counts as missed: the consumer will
+ *    never read it. Events after the checkpoint were not reached, and the tables say so when a
+ *    consumer stopped before the end of the log.
  *
  *   npm run bench:events
- *   npm run bench:events -- --seconds 5 --rounds 3 --rate 500 --lag-seconds 15
+ *   npm run bench:events -- --seconds 5 --rounds 3 --rate 500 --lag-seconds 15 --replay-seconds 90
  *
  * Progress goes to stderr, markdown tables to stdout.
  */
@@ -49,6 +52,7 @@ const { values } = parseArgs({
     rate: { type: 'string', default: '500' },
     'lag-seconds': { type: 'string', default: '12' },
     'lag-writers': { type: 'string', default: '64' },
+    'replay-seconds': { type: 'string', default: '90' },
   },
 });
 
@@ -68,6 +72,8 @@ const ROUNDS = positive('rounds');
 const RATE = positive('rate');
 const LAG_SECONDS = positive('lag-seconds', false);
 const LAG_WRITERS = positive('lag-writers');
+const REPLAY_SECONDS = positive('replay-seconds', false);
+const LOAD_AT_START = loadavg();
 const COMMAND = ['npm run bench:events', ...(process.argv.length > 2 ? ['--'] : [])]
   .concat(process.argv.slice(2))
   .join(' ');
@@ -189,38 +195,72 @@ async function runCell(url: string, store: StoreKey, mode: Mode, round: number):
 // ---------------------------------------------------------------------------------------------
 // Projection lag and missed events
 
+/**
+ * Where an event sits in the order a consumer reads and checkpoints in. replikit reads in
+ * `(transaction id, position)` order and checkpoints both; Emmett's puller orders a batch by
+ * `(transaction_id, global_position)` but checkpoints the bare `global_position` of the batch's
+ * last message and reads on with `global_position > checkpoint`, so its order, for what it will
+ * still read, is the global position alone (the transaction id is left at 0).
+ */
+type OrderKey = readonly [bigint, bigint];
+
+function compareKeys(a: OrderKey, b: OrderKey): number {
+  if (a[0] !== b[0]) return a[0] < b[0] ? -1 : 1;
+  return a[1] === b[1] ? 0 : a[1] < b[1] ? -1 : 1;
+}
+
+interface AppliedEvent {
+  readonly id: string;
+  readonly key: OrderKey;
+}
+
 interface Consumer {
   /** Event ids applied, in order of application (a repeat shows up twice). */
   readonly applied: string[];
   /** Milliseconds from acknowledgement to application, per event acknowledged before it applied. */
   readonly lags: number[];
+  /**
+   * The last event applied, in the consumer's order: its checkpoint. Both consumers only read
+   * after their checkpoint, so an event at or before it that was never applied is skipped for
+   * good, whereas one after it may simply not have been reached yet.
+   */
+  readonly progress: { last: OrderKey | undefined; lastAppliedAt: number };
   stop(): Promise<void>;
 }
 
 /** Acknowledgement times by event id, shared by the writers and the consumer of one store. */
 type Acks = Map<string, number>;
 
+function newConsumerState(): Omit<Consumer, 'stop'> {
+  return { applied: [], lags: [], progress: { last: undefined, lastAppliedAt: 0 } };
+}
+
 function record(
-  consumer: { applied: string[]; lags: number[] },
+  consumer: Omit<Consumer, 'stop'>,
   acks: Acks,
-  ids: readonly string[],
+  events: readonly AppliedEvent[],
 ): void {
   const now = performance.now();
-  for (const id of ids) {
-    consumer.applied.push(id);
-    const ackAt = acks.get(id);
+  for (const event of events) {
+    consumer.applied.push(event.id);
+    const ackAt = acks.get(event.id);
     if (ackAt !== undefined) consumer.lags.push(Math.max(0, now - ackAt));
+    consumer.progress.last = event.key;
   }
+  if (events.length > 0) consumer.progress.lastAppliedAt = now;
 }
 
 function replikitConsumer(store: EventStore, name: string, acks: Acks): Consumer {
-  const consumer = { applied: [] as string[], lags: [] as number[] };
-  let pending: string[] = [];
+  const consumer = newConsumerState();
+  let pending: AppliedEvent[] = [];
   const runner: ProjectionRunner = store.startProjection(
     {
       name,
       apply: (events) => {
-        pending = events.map((event) => event.id);
+        pending = events.map((event) => ({
+          id: event.id,
+          key: [event.globalPosition.transactionId, event.globalPosition.position] as const,
+        }));
         return Promise.resolve();
       },
     },
@@ -236,16 +276,20 @@ function replikitConsumer(store: EventStore, name: string, acks: Acks): Consumer
 
 const batchCommitted = new Map<string, () => void>();
 
+/** Emmett with its default pulling (batches of 100, 50 ms apart while there is more). */
 function emmettConsumer(url: string, processorId: string, acks: Acks): Consumer {
-  const consumer = { applied: [] as string[], lags: [] as number[] };
+  const consumer = newConsumerState();
   const store = getPostgreSQLEventStore(url, { schema: { autoMigration: 'None' } });
   const subscription = store.consumer();
   subscription.reactor({
     processorId,
     startFrom: 'BEGINNING',
     eachMessage: (message) => {
-      const id = (message.metadata as { messageId?: string }).messageId;
-      if (id !== undefined) record(consumer, acks, [id]);
+      const metadata = message.metadata as { messageId?: string; globalPosition?: bigint };
+      if (metadata.messageId !== undefined && metadata.globalPosition !== undefined)
+        record(consumer, acks, [
+          { id: metadata.messageId, key: [0n, BigInt(metadata.globalPosition)] },
+        ]);
       return Promise.resolve();
     },
   });
@@ -265,19 +309,51 @@ function emmettConsumer(url: string, processorId: string, acks: Acks): Consumer 
   };
 }
 
-/** Waits until the consumer has applied `total` events or made no progress for `quietMs`. */
-async function settle(
-  consumer: Consumer,
-  total: number,
-  quietMs = 3000,
-  maxMs = 60_000,
-): Promise<void> {
+/** One event of a store's log, recounted from the table. */
+interface LogEvent {
+  readonly id: string;
+  readonly transactionId: bigint;
+  readonly position: bigint;
+}
+
+interface Log {
+  readonly store: StoreKey;
+  readonly events: readonly LogEvent[];
+}
+
+/** An event's place in the order the store's consumer reads in (see {@link OrderKey}). */
+function orderKey(store: StoreKey, event: LogEvent): OrderKey {
+  return store === 'replikit' ? [event.transactionId, event.position] : [0n, event.position];
+}
+
+/** The last event of the log in the store's consumer order: a consumer there has read it all. */
+function logEnd(log: Log): OrderKey | undefined {
+  let end: OrderKey | undefined;
+  for (const event of log.events) {
+    const key = orderKey(log.store, event);
+    if (end === undefined || compareKeys(key, end) > 0) end = key;
+  }
+  return end;
+}
+
+function reachedEnd(consumer: Consumer, end: OrderKey | undefined): boolean {
+  if (end === undefined) return true;
+  const last = consumer.progress.last;
+  return last !== undefined && compareKeys(last, end) >= 0;
+}
+
+/**
+ * Waits until the consumer has applied the last event of the log (in its own order), or made no
+ * progress for `quietMs`, or `maxMs` has passed.
+ */
+async function settle(consumer: Consumer, log: Log, quietMs = 3000, maxMs = 60_000): Promise<void> {
+  const end = logEnd(log);
   const started = Date.now();
   let last = -1;
   let lastChange = Date.now();
   while (Date.now() - started < maxMs) {
-    const n = new Set(consumer.applied).size;
-    if (n >= total) return;
+    if (reachedEnd(consumer, end)) return;
+    const n = consumer.applied.length;
     if (n !== last) {
       last = n;
       lastChange = Date.now();
@@ -288,6 +364,74 @@ async function settle(
   }
 }
 
+async function readLog(url: string, store: StoreKey): Promise<Log> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const sql =
+      store === 'replikit'
+        ? 'select event_id::text as id, tx_id::text as tx, position::text as position from replikit_events'
+        : 'select message_id as id, transaction_id::text as tx, global_position::text as position from emt_messages';
+    const { rows } = await client.query<{ id: string; tx: string; position: string }>(sql);
+    return {
+      store,
+      events: rows.map((row) => ({
+        id: row.id,
+        transactionId: BigInt(row.tx),
+        position: BigInt(row.position),
+      })),
+    };
+  } finally {
+    await client.end();
+  }
+}
+
+/** A consumer's applied events against a recount of the log. */
+interface MissedCount {
+  /** Never applied, at or before the consumer's checkpoint: skipped for good. */
+  readonly missed: number;
+  /** Never applied, after the checkpoint: not reached (yet). 0 when the consumer reached the end. */
+  readonly notReached: number;
+  /** Events of the log at or before the checkpoint: how far the consumer got. */
+  readonly covered: number;
+  readonly duplicates: number;
+  readonly reachedEnd: boolean;
+}
+
+function missed(log: Log, consumer: Consumer): MissedCount {
+  const seen = new Set(consumer.applied);
+  const checkpoint = consumer.progress.last;
+  let skipped = 0;
+  let notReached = 0;
+  for (const event of log.events) {
+    const behind =
+      checkpoint !== undefined && compareKeys(orderKey(log.store, event), checkpoint) <= 0;
+    if (!seen.has(event.id)) {
+      if (behind) skipped++;
+      else notReached++;
+    }
+  }
+  return {
+    missed: skipped,
+    notReached,
+    covered: log.events.length - notReached,
+    duplicates: consumer.applied.length - seen.size,
+    reachedEnd: notReached === 0 && reachedEnd(consumer, logEnd(log)),
+  };
+}
+
+function percent(n: number, of: number): string {
+  return `${((100 * n) / Math.max(1, of)).toFixed(2)} %`;
+}
+
+/** "0 (0.00 %)", with "; not reached: n" when the consumer stopped before the end of the log. */
+function missedCell(result: MissedCount, total: number): string {
+  const cell = `${result.missed} (${percent(result.missed, total)})`;
+  return result.reachedEnd
+    ? cell
+    : `${cell}; end not reached (${result.notReached} after its checkpoint)`;
+}
+
 interface LagResult {
   readonly store: StoreKey;
   readonly appended: number;
@@ -295,35 +439,8 @@ interface LagResult {
   readonly p50: number;
   readonly p99: number;
   readonly max: number;
-  readonly liveMissed: number;
-  readonly liveDuplicates: number;
-  readonly replayMissed: number;
-  readonly replayDuplicates: number;
-}
-
-async function logIds(url: string, store: StoreKey): Promise<Set<string>> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    const sql =
-      store === 'replikit'
-        ? 'select event_id::text as id from replikit_events'
-        : 'select message_id as id from emt_messages';
-    const { rows } = await client.query<{ id: string }>(sql);
-    return new Set(rows.map((row) => row.id));
-  } finally {
-    await client.end();
-  }
-}
-
-function missed(
-  log: Set<string>,
-  applied: readonly string[],
-): { missed: number; duplicates: number } {
-  const seen = new Set(applied);
-  let count = 0;
-  for (const id of log) if (!seen.has(id)) count++;
-  return { missed: count, duplicates: applied.length - seen.size };
+  readonly live: MissedCount;
+  readonly replay: MissedCount;
 }
 
 async function lagCell(url: string, store: StoreKey): Promise<LagResult> {
@@ -395,10 +512,10 @@ async function lagCell(url: string, store: StoreKey): Promise<LagResult> {
   if (failed > 0) progress(`${store}: ${failed} appends failed`);
   await closeWriters();
 
-  const log = await logIds(url, store);
-  await settle(live, log.size);
+  const log = await readLog(url, store);
+  await settle(live, log);
   await live.stop();
-  const liveResult = missed(log, live.applied);
+  const liveResult = missed(log, live);
 
   // Replay: a new consumer from the start of the log, everything committed.
   const replayAcks: Acks = new Map();
@@ -406,9 +523,9 @@ async function lagCell(url: string, store: StoreKey): Promise<LagResult> {
     store === 'replikit'
       ? replikitConsumer(replikit!, 'bench_replay', replayAcks)
       : emmettConsumer(url, 'bench_replay', replayAcks);
-  await settle(replay, log.size);
+  await settle(replay, log);
   await replay.stop();
-  const replayResult = missed(log, replay.applied);
+  const replayResult = missed(log, replay);
   await replikit?.close();
 
   return {
@@ -418,10 +535,8 @@ async function lagCell(url: string, store: StoreKey): Promise<LagResult> {
     p50: median(live.lags),
     p99: percentile(live.lags, 0.99),
     max: percentile(live.lags, 1),
-    liveMissed: liveResult.missed,
-    liveDuplicates: liveResult.duplicates,
-    replayMissed: replayResult.missed,
-    replayDuplicates: replayResult.duplicates,
+    live: liveResult,
+    replay: replayResult,
   };
 }
 
@@ -494,10 +609,11 @@ const throughputRows = MODES.flatMap((mode) => {
 });
 
 // Replay of the throughput cells' logs: written by up to 64 unpaced writers, so commit order and
-// position order differ the most.
+// position order differ the most. Bounded by --replay-seconds: a replay stopped before the end of
+// the log still counts cleanly, as misses are only counted behind the consumer's checkpoint.
 const replayRows: string[][] = [];
 for (const store of ['replikit', 'emmett'] as const) {
-  const log = await logIds(urls[store], store);
+  const log = await readLog(urls[store], store);
   const replikit =
     store === 'replikit'
       ? createEventStore({
@@ -510,16 +626,21 @@ for (const store of ['replikit', 'emmett'] as const) {
     store === 'replikit'
       ? replikitConsumer(replikit!, 'bench_throughput_replay', new Map())
       : emmettConsumer(urls.emmett, 'bench_throughput_replay', new Map());
-  await settle(replay, log.size, 3000, 120_000);
-  const seconds = (performance.now() - started) / 1000;
+  await settle(replay, log, 3000, REPLAY_SECONDS * 1000);
+  const seconds = (Math.max(replay.progress.lastAppliedAt, started + 1) - started) / 1000;
   await replay.stop();
   await replikit?.close();
-  const result = missed(log, replay.applied);
-  progress(`${store}: replay of ${log.size} events missed ${result.missed}`);
+  const result = missed(log, replay);
+  const total = log.events.length;
+  progress(
+    `${store}: replay covered ${result.covered} of ${total} events in ${seconds.toFixed(0)} s (${result.reachedEnd ? 'reached the end' : 'stopped before the end'}), missed ${result.missed}, applied twice ${result.duplicates}`,
+  );
   replayRows.push([
     store === 'replikit' ? 'replikit' : 'Emmett 0.42',
-    String(log.size),
-    `${result.missed} (${((100 * result.missed) / Math.max(1, log.size)).toFixed(2)} %)`,
+    String(total),
+    `${result.covered} (${percent(result.covered, total)})${result.reachedEnd ? ', end reached' : ''}`,
+    seconds.toFixed(0),
+    `${result.missed} (${percent(result.missed, result.covered)})`,
     String(result.duplicates),
     (new Set(replay.applied).size / seconds).toFixed(0),
   ]);
@@ -532,7 +653,7 @@ for (const store of ['replikit', 'emmett'] as const) {
   const result = await lagCell(url, store);
   lagResults.push(result);
   progress(
-    `${store}: ${result.appended} appended at ${result.ratePerSecond.toFixed(0)}/s; lag p50 ${ms(result.p50)} ms, p99 ${ms(result.p99)} ms; missed live ${result.liveMissed}, replay ${result.replayMissed}`,
+    `${store}: ${result.appended} appended at ${result.ratePerSecond.toFixed(0)}/s; lag p50 ${ms(result.p50)} ms, p99 ${ms(result.p99)} ms; missed live ${result.live.missed}${result.live.reachedEnd ? '' : ' (end not reached)'}, replay ${result.replay.missed}${result.replay.reachedEnd ? '' : ' (end not reached)'}`,
   );
 }
 
@@ -543,16 +664,18 @@ const lagRows = lagResults.map((r) => [
   ms(r.p50),
   ms(r.p99),
   ms(r.max),
-  `${r.liveMissed} (${((100 * r.liveMissed) / Math.max(1, r.appended)).toFixed(2)} %)`,
-  `${r.replayMissed} (${((100 * r.replayMissed) / Math.max(1, r.appended)).toFixed(2)} %)`,
-  `${r.liveDuplicates} / ${r.replayDuplicates}`,
+  missedCell(r.live, r.appended),
+  missedCell(r.replay, r.appended),
+  `${r.live.duplicates} / ${r.replay.duplicates}`,
 ]);
 
 process.stdout.write(
   [
     `Command: \`${COMMAND}\``,
     '',
-    `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average ${loadavg()
+    `Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, load average (1, 5, 15 min) ${LOAD_AT_START.map(
+      (l) => l.toFixed(2),
+    ).join(' ')} at the start, ${loadavg()
       .map((l) => l.toFixed(2))
       .join(
         ' ',
@@ -574,15 +697,17 @@ process.stdout.write(
       throughputRows,
     ),
     '',
-    'Replay of the append-throughput logs (written by 1 to 64 unpaced concurrent writers) by a new consumer from the start, checked against a recount of the log.',
+    `Replay of the append-throughput logs (written by 1 to 64 unpaced concurrent writers) by a new consumer from the start, for at most ${REPLAY_SECONDS} s, checked against a recount of the log: an event is missed when the consumer's checkpoint (the last event it applied, in the order it reads: (transaction id, position) for replikit, the bare global position for Emmett) has passed it without applying it; events after the checkpoint were not reached and are not counted.`,
     '',
     table(
       [
         'store',
         'events in the log',
-        'missed on replay',
+        'covered (at or before the checkpoint)',
+        'replay time (s)',
+        'missed (of covered)',
         'applied twice',
-        'replay rate (events/s, incl. 3 s settle)',
+        'replay rate (events/s)',
       ],
       replayRows,
     ),

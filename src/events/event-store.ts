@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto';
-
 import { context, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import pg from 'pg';
 
 import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { newEventId } from './event-id.js';
 import { EventStoreError } from './event-store-error.js';
 import type {
   AppendOutcome,
@@ -589,15 +588,19 @@ export class EventStore {
     payload: readonly AppendPayload[],
     inTransaction: boolean,
   ): Promise<AppendRow> {
-    const sql = 'select * from replikit_append($1, $2, $3::jsonb, $4)';
-    const params = [
-      streamId,
-      expectedText,
-      JSON.stringify(payload),
-      this.#options.notifyOnAppend ?? false,
-    ];
+    // A named statement: each connection parses and plans it once, not on every append.
+    const query: pg.QueryConfig = {
+      name: 'replikit_append',
+      text: 'select * from replikit_append($1, $2, $3::jsonb, $4)',
+      values: [
+        streamId,
+        expectedText,
+        JSON.stringify(payload),
+        this.#options.notifyOnAppend ?? false,
+      ],
+    };
     try {
-      const { rows } = await client.query<AppendRow>(sql, params);
+      const { rows } = await client.query<AppendRow>(query);
       return rows[0]!;
     } catch (err) {
       // The same ids appended concurrently to another stream: the unique index made this one
@@ -607,7 +610,7 @@ export class EventStore {
         if (isIdConflict(err)) throw idConflict(streamId, err);
         throw err;
       }
-      const { rows } = await client.query<AppendRow>(sql, params);
+      const { rows } = await client.query<AppendRow>(query);
       return rows[0]!;
     }
   }
@@ -730,7 +733,7 @@ function toPayload(
       { details: { index, type: event.type } },
     );
   }
-  const id = event.id ?? randomUUID();
+  const id = event.id ?? newEventId();
   if (!UUID.test(id)) {
     throw new EventStoreError(
       'EVENTSTORE_INVALID_EVENT',

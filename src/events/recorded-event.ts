@@ -15,7 +15,8 @@ export interface EventMetadata {
 export interface EventInput<D = unknown> {
   /**
    * A UUID naming the event. Re-appending events with the same ids returns the first append's
-   * result instead of writing them twice, so a retried command is harmless; default: random.
+   * result instead of writing them twice, so a retried command is harmless; default: a new
+   * time-ordered UUID (version 7), which keeps the store's index on event ids compact.
    */
   readonly id?: string;
   readonly type: string;
