@@ -29,6 +29,7 @@ import {
 import { EVENTS_TABLE, PROJECTIONS_TABLE } from './schema.js';
 import { traceparentOf } from './trace-context.js';
 import { createUpcasterChain, type Upcaster, type UpcasterChain } from './upcaster.js';
+import { errorMessage } from '../errors.js';
 
 /**
  * What an append expects of the stream, checked under the stream's lock:
@@ -142,10 +143,6 @@ export interface EventStoreOptions {
 /** Default `idleInTransactionTimeoutMs`. */
 const IDLE_IN_TRANSACTION_MS = 60_000;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 function isIdConflict(err: unknown): boolean {
   const e = err as { code?: unknown; constraint?: unknown } | undefined;

@@ -8,6 +8,7 @@ import { comparePositions, START, type GlobalPosition } from './position.js';
 import { EVENT_COLUMNS, type EventRow, type RecordedEvent } from './recorded-event.js';
 import { EVENTS_CHANNEL, EVENTS_TABLE, PROJECTIONS_CHANNEL, PROJECTIONS_TABLE } from './schema.js';
 import { parseTraceparent } from './trace-context.js';
+import { errorMessage } from '../errors.js';
 
 /** What a projection's code gets to know about the version it is building. */
 export interface ProjectionContext {
@@ -129,10 +130,6 @@ export interface StoreAccess {
 
 const IDENTIFIER = /^[a-z_][a-z0-9_]{0,47}$/;
 const MAX_LINKS = 32;
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
