@@ -464,6 +464,42 @@ function checkPrometheus(stack: Stack): string[] {
   return problems;
 }
 
+/** The alerting rules of the repository. */
+const ALERT_RULES = 'dashboards/alerts.yml';
+
+/**
+ * Prometheus loads {@link ALERT_RULES}: its config lists rule files, each is bind-mounted from a
+ * repository file that parses and has rule groups, and one of them is that file.
+ */
+function checkPrometheusRules(stack: Stack): string[] {
+  const problems: string[] = [];
+  const prometheus = service(stack.compose, PROMETHEUS);
+  if (prometheus === undefined) return [`there is no "${PROMETHEUS}" service`];
+  const configPath =
+    flagValue(args(prometheus.command), '--config.file') ?? '/etc/prometheus/prometheus.yml';
+  const file = hostPath(prometheus, configPath);
+  if (file === undefined) return [`prometheus's ${configPath} is not mounted`];
+  const prom = readYaml(stack.repo, file, problems);
+  if (prom === undefined) return problems;
+  const loaded: string[] = [];
+  for (const ruleFile of list(prom.rule_files).map(str)) {
+    if (ruleFile === undefined) continue;
+    // Relative rule file paths are resolved against the config file's folder.
+    const inContainer = posix.resolve(posix.dirname(configPath), ruleFile);
+    const host = hostPath(prometheus, inContainer);
+    if (host === undefined) {
+      problems.push(`rule file ${inContainer} is not mounted into ${PROMETHEUS}`);
+      continue;
+    }
+    const rules = readYaml(stack.repo, host, problems);
+    if (rules === undefined) continue;
+    if (list(rules.groups).length === 0) problems.push(`${host} has no rule groups`);
+    loaded.push(host);
+  }
+  if (!loaded.includes(ALERT_RULES)) problems.push(`${file} does not load ${ALERT_RULES}`);
+  return problems;
+}
+
 /**
  * Grafana's provisioning is mounted and parses; datasources name compose services; exemplars link
  * to a provisioned trace datasource; every dashboard provider's path is a mounted host folder.
@@ -581,8 +617,30 @@ function checkK6({ compose, repo }: Stack): string[] {
   if (env.K6_PROMETHEUS_RW_TREND_STATS === undefined) {
     problems.push('k6 has no K6_PROMETHEUS_RW_TREND_STATS');
   }
-  if (!args(k6.command).includes('experimental-prometheus-rw')) {
+  const argv = args(k6.command);
+  if (!argv.includes('experimental-prometheus-rw')) {
     problems.push('k6 does not run with -o experimental-prometheus-rw');
+  }
+  // `docker compose run k6 run /load/k6/sagas.ts` replaces the command: K6_OUT keeps the output.
+  if (!(env.K6_OUT ?? '').split(',').includes('experimental-prometheus-rw')) {
+    problems.push(
+      'k6 has no K6_OUT=experimental-prometheus-rw for scripts given on the command line',
+    );
+  }
+  // The script it runs by default is in the repository, through the load/ mount.
+  const script = argv.findLast((arg) => /\.[jt]s$/.test(arg));
+  if (script === undefined) {
+    problems.push('k6 runs no script by default');
+  } else {
+    const file = hostPath(k6, script);
+    if (file === undefined) problems.push(`k6's script ${script} is not mounted`);
+    else if (!repo.exists(file)) problems.push(`k6's script ${script} (${file}) does not exist`);
+  }
+  const base = env.BASE_URL;
+  if (base === undefined) {
+    problems.push('k6 has no BASE_URL');
+  } else if (endpoint(base).host !== APP) {
+    problems.push(`k6 sends its load to ${endpoint(base).host}, not ${APP}`);
   }
   return problems;
 }
@@ -964,6 +1022,39 @@ const checks: { name: string; check: (stack: Stack) => string[]; breakages: Brea
     ],
   },
   {
+    name: 'Prometheus loads the alert rules',
+    check: checkPrometheusRules,
+    breakages: [
+      {
+        why: 'the config lists no rule file',
+        stack: () =>
+          editFile('docker/prometheus/prometheus.yml', /^rule_files:\n(?: {2}- .*\n)+/m, ''),
+        problem: /does not load dashboards\/alerts\.yml/,
+      },
+      {
+        why: 'the rule file is not mounted',
+        stack: () =>
+          broken((c) => {
+            const prometheus = svcOf(c, PROMETHEUS);
+            prometheus.volumes = list(prometheus.volumes).filter(
+              (v) => !String(v).includes('alerts.yml'),
+            );
+          }),
+        problem: /rule file \/etc\/prometheus\/alerts\.yml is not mounted/,
+      },
+      {
+        why: 'the rule file does not parse',
+        stack: () => broken(() => undefined, { [ALERT_RULES]: 'groups: [\n' }),
+        problem: /alerts\.yml does not parse/,
+      },
+      {
+        why: 'the rule file has no groups',
+        stack: () => broken(() => undefined, { [ALERT_RULES]: 'groups: []\n' }),
+        problem: /alerts\.yml has no rule groups/,
+      },
+    ],
+  },
+  {
     name: "Grafana's provisioning parses and points at what exists",
     check: checkGrafana,
     breakages: [
@@ -1126,8 +1217,37 @@ const checks: { name: string; check: (stack: Stack) => string[]; breakages: Brea
       },
       {
         why: 'its output is not remote write',
-        stack: () => broken((c) => (svcOf(c, K6).command = ['run', '/load/staleness.ts'])),
+        stack: () => broken((c) => (svcOf(c, K6).command = ['run', '/load/k6/staleness.ts'])),
         problem: /does not run with -o experimental-prometheus-rw/,
+      },
+      {
+        why: 'a script given on the command line would not remote-write',
+        stack: () => broken((c) => delete envOf(c, K6).K6_OUT),
+        problem: /k6 has no K6_OUT=experimental-prometheus-rw/,
+      },
+      {
+        why: 'its script is not in load/',
+        stack: () =>
+          broken(
+            (c) =>
+              (svcOf(c, K6).command = [
+                'run',
+                '-o',
+                'experimental-prometheus-rw',
+                '/load/staleness.ts',
+              ]),
+          ),
+        problem: /k6's script \/load\/staleness\.ts \(load\/staleness\.ts\) does not exist/,
+      },
+      {
+        why: 'its script is not mounted',
+        stack: () => broken((c) => delete svcOf(c, K6).volumes),
+        problem: /k6's script \/load\/k6\/staleness\.ts is not mounted/,
+      },
+      {
+        why: 'it sends its load elsewhere',
+        stack: () => broken((c) => (envOf(c, K6).BASE_URL = 'http://127.0.0.1:3000')),
+        problem: /k6 sends its load to 127\.0\.0\.1, not app/,
       },
     ],
   },
