@@ -314,6 +314,14 @@ describe('with its own local stack', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  // Each test starts from a stopped stack: one that failed half way must not leave its servers
+  // running for the next (which would then find them "already running").
+  afterEach(async () => {
+    await killSpawned();
+    const stack = await LocalStack.open({ dir }).catch(() => undefined);
+    await stack?.stop();
+  });
+
   it('starts the stack, serves, and on SIGTERM stops every PostgreSQL it started', async () => {
     const child = spawnTs([START], localStackEnv(dir));
     const url = await serviceUrl(child);

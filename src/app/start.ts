@@ -46,7 +46,13 @@ import { PROFILES_MIGRATIONS, PROFILES_PROJECTION } from './profiles.js';
 import { createSagaMetrics } from '../telemetry/saga-metrics.js';
 import { createOrderChoreography, ORDERS_FLOW_MIGRATIONS } from './orders/choreography.js';
 import { createOrderSaga, ORDERS_MIGRATIONS } from './orders/order-saga.js';
-import { createPostgresTransport, type Transport } from '../messaging/index.js';
+import {
+  createPostgresTransport,
+  inboxMigrations,
+  outboxMigrations,
+  postgresTransportMigrations,
+  type Transport,
+} from '../messaging/index.js';
 import { createOutboxMetrics } from '../telemetry/outbox-metrics.js';
 import {
   INVENTORY_MIGRATIONS,
@@ -108,28 +114,39 @@ function ledgerDatabases(
   ];
 }
 
+/**
+ * Each order service's outbox and inbox (the choreographed flow). Listed with the service's own
+ * migrations so that a restart knows them (the relay and consumer would create them too).
+ */
+const MESSAGING_MIGRATIONS = [...outboxMigrations, ...inboxMigrations];
+
 /** The order demo's databases: one per service; the orders one also holds the saga log. */
 function orderDatabases(config: Config) {
   return {
     orders: {
       database: config.REPLIKIT_ORDERS_DATABASE,
       variable: 'REPLIKIT_ORDERS_DATABASE',
-      migrations: [...ORDERS_MIGRATIONS, ...SAGA_MIGRATIONS, ...ORDERS_FLOW_MIGRATIONS],
+      migrations: [
+        ...ORDERS_MIGRATIONS,
+        ...SAGA_MIGRATIONS,
+        ...ORDERS_FLOW_MIGRATIONS,
+        ...MESSAGING_MIGRATIONS,
+      ],
     },
     payments: {
       database: config.REPLIKIT_PAYMENTS_DATABASE,
       variable: 'REPLIKIT_PAYMENTS_DATABASE',
-      migrations: PAYMENTS_MIGRATIONS,
+      migrations: [...PAYMENTS_MIGRATIONS, ...MESSAGING_MIGRATIONS],
     },
     inventory: {
       database: config.REPLIKIT_INVENTORY_DATABASE,
       variable: 'REPLIKIT_INVENTORY_DATABASE',
-      migrations: INVENTORY_MIGRATIONS,
+      migrations: [...INVENTORY_MIGRATIONS, ...MESSAGING_MIGRATIONS],
     },
     shipping: {
       database: config.REPLIKIT_SHIPPING_DATABASE,
       variable: 'REPLIKIT_SHIPPING_DATABASE',
-      migrations: SHIPPING_MIGRATIONS,
+      migrations: [...SHIPPING_MIGRATIONS, ...MESSAGING_MIGRATIONS],
     },
   } as const;
 }
@@ -287,6 +304,7 @@ class Service {
       ...MIGRATIONS,
       ...PROFILES_MIGRATIONS,
       ...SAGA_MIGRATIONS,
+      ...postgresTransportMigrations,
     ]);
 
     // The transfers demo: two ledger databases on the same servers, read through a routed

@@ -96,19 +96,26 @@ export function signalGroup(spawned: Spawned, signal: NodeJS.Signals): void {
   if (pid !== undefined) process.kill(-pid, signal);
 }
 
-/** Pids of PostgreSQL servers whose data folder lies under `dir` (read from /proc). */
+/**
+ * Pids of PostgreSQL servers (postmasters) whose data folder lies under `dir` (read from /proc).
+ * A backend forked a moment ago still shows its postmaster's command line until it sets its
+ * process title: processes whose parent is one of the servers found are left out.
+ */
 export function postgresProcessesUnder(dir: string): number[] {
-  const pids: number[] = [];
+  const found = new Map<number, number>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
       if (cmdline[0]?.endsWith('postgres') === true && cmdline.some((arg) => arg.startsWith(dir))) {
-        pids.push(Number(entry));
+        // The parent pid is the 4th field of /proc/<pid>/stat, after the command in parentheses.
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        found.set(Number(entry), ppid);
       }
     } catch {
       // the process ended while we looked
     }
   }
-  return pids;
+  return [...found].filter(([, ppid]) => !found.has(ppid)).map(([pid]) => pid);
 }
