@@ -1,7 +1,7 @@
 /**
  * replikit: consistency-aware read routing over a PostgreSQL primary and its replicas, sagas,
  * choreography through a transactional outbox, an event store with projections, and two-phase
- * commit.
+ * commit, and a staleness report for any primary and its replicas (`replikit measure`).
  *
  * The core knows nothing of Express; the HTTP adapter is `replikit/express`, the Prometheus and
  * OpenTelemetry wiring `replikit/telemetry`, the local replication stack `replikit/stack`, the
@@ -155,3 +155,14 @@ export {
   type RecordedEvent,
   type Upcaster,
 } from './events/index.js';
+export {
+  buildReport,
+  formatSummary,
+  measureStaleness,
+  MeasureError,
+  renderReportHtml,
+  renderReportSvg,
+  type MeasureErrorCode,
+  type MeasureOptions,
+  type MeasureReport,
+} from './measure/index.js';

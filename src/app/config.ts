@@ -1,5 +1,7 @@
 import { z } from 'zod';
 
+import { redactUrl } from '../db/database-url.js';
+
 import { databaseOf } from '../db/database-url.js';
 import { ReplikitError } from '../errors.js';
 
@@ -276,18 +278,6 @@ export class ConfigError extends ReplikitError {
   }
 }
 
-/**
- * Hides the password of a URL, so that a value can be echoed in an error message or a log line.
- *
- * ```ts
- * redactUrl('postgres://app:s3cret@db:5432/app'); // 'postgres://app:***@db:5432/app'
- * ```
- */
-export function redactUrl(value: string): string {
-  // Works on text that is not a valid URL too: the whole point is to echo bad values safely.
-  return value.replace(/(\/\/[^/@:\s]*):[^/@\s]*@/g, '$1:***@');
-}
-
 function truncate(value: string, max: number): string {
   return value.length <= max ? value : `${value.slice(0, max - 1)}…`;
 }
@@ -321,3 +311,5 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cause: result.error,
   });
 }
+
+export { redactUrl };

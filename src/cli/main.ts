@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 
 import { ReplikitError } from '../errors.js';
+import { measureCommand } from './measure-command.js';
 import { stackCommand } from './stack-command.js';
 
 const USAGE = `usage: replikit <command>
@@ -10,14 +11,19 @@ commands:
   stack up      start a local PostgreSQL primary and replicas (Ctrl-C stops them; --detach leaves them running)
   stack down    stop the local stack (--purge also deletes its data)
   stack status  show every node's role, state and URL (--json for scripts)
+  measure       a staleness report for a primary and its replicas (--primary URL --replica URL)
 
-run "replikit stack --help" for the options`;
+run "replikit stack --help" or "replikit measure --help" for the options`;
 
-/** Exit codes: 0 success, 1 something is wrong with the stack, 2 the command line was wrong. */
+/**
+ * Exit codes: 0 success, 1 something is wrong with the stack or a server, 2 the command line was
+ * wrong (for `measure`, also: the servers are not a primary and replicas of it).
+ */
 async function main(argv: readonly string[]): Promise<number> {
   const { positionals } = parseArgs({ args: [...argv], strict: false, allowPositionals: true });
   const [command, ...rest] = positionals;
   if (command === 'stack') return stackCommand(argv.slice(argv.indexOf('stack') + 1));
+  if (command === 'measure') return measureCommand(argv.slice(argv.indexOf('measure') + 1));
   if (command === undefined && (argv.includes('--help') || argv.includes('-h'))) {
     console.log(USAGE);
     return 0;

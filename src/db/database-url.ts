@@ -24,3 +24,15 @@ export function withDatabase(url: string, database: string): string {
   parsed.pathname = `/${encodeURIComponent(database)}`;
   return parsed.toString();
 }
+
+/**
+ * The text with the password of any URL in it replaced by `***`. Works on text that is not a
+ * valid URL too: the point is to echo bad values and log URLs safely.
+ *
+ * ```ts
+ * redactUrl('postgres://app:secret@db/shop'); // 'postgres://app:***@db/shop'
+ * ```
+ */
+export function redactUrl(value: string): string {
+  return value.replace(/(\/\/[^/@:\s]*):[^/@\s]*@/g, '$1:***@');
+}
