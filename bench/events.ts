@@ -19,6 +19,7 @@
  *
  *   npm run bench:events
  *   npm run bench:events -- --seconds 5 --rounds 3 --rate 500 --lag-seconds 15 --replay-seconds 90
+ *   npm run bench:events -- --only append     (append throughput alone: no replay, no lag)
  *
  * Progress goes to stderr, markdown tables to stdout.
  */
@@ -53,8 +54,33 @@ const { values } = parseArgs({
     'lag-seconds': { type: 'string', default: '12' },
     'lag-writers': { type: 'string', default: '64' },
     'replay-seconds': { type: 'string', default: '90' },
+    only: { type: 'string' },
+    help: { type: 'boolean', default: false },
   },
 });
+
+if (values.help) {
+  process.stdout.write(
+    [
+      'npm run bench:events -- [options]',
+      '  --dir DIR               bench stack directory (default .replikit/bench)',
+      '  --seconds S             measured seconds per throughput cell (default 4)',
+      '  --warmup S              warm-up seconds per cell (default 1)',
+      '  --rounds N              rounds of throughput cells (default 2)',
+      '  --rate N                events/s of the lag run (default 500)',
+      '  --lag-seconds S         length of the lag run (default 12)',
+      '  --lag-writers N         writers of the lag run (default 64)',
+      "  --replay-seconds S      bound of the throughput logs' replay (default 90)",
+      '  --only append           append throughput only (no replay, no lag run)',
+      '',
+    ].join('\n'),
+  );
+  process.exit(0);
+}
+if (values.only !== undefined && values.only !== 'append') {
+  throw new RangeError(`--only takes "append", got "${values.only}"`);
+}
+const APPEND_ONLY = values.only === 'append';
 
 function positive(name: keyof typeof values, integer = true): number {
   const value = Number(values[name]);
@@ -612,7 +638,7 @@ const throughputRows = MODES.flatMap((mode) => {
 // position order differ the most. Bounded by --replay-seconds: a replay stopped before the end of
 // the log still counts cleanly, as misses are only counted behind the consumer's checkpoint.
 const replayRows: string[][] = [];
-for (const store of ['replikit', 'emmett'] as const) {
+for (const store of APPEND_ONLY ? [] : (['replikit', 'emmett'] as const)) {
   const log = await readLog(urls[store], store);
   const replikit =
     store === 'replikit'
@@ -646,9 +672,11 @@ for (const store of ['replikit', 'emmett'] as const) {
   ]);
 }
 
-progress(`projection lag at ${RATE} events/s from ${LAG_WRITERS} writers for ${LAG_SECONDS} s`);
+if (!APPEND_ONLY) {
+  progress(`projection lag at ${RATE} events/s from ${LAG_WRITERS} writers for ${LAG_SECONDS} s`);
+}
 const lagResults: LagResult[] = [];
-for (const store of ['replikit', 'emmett'] as const) {
+for (const store of APPEND_ONLY ? [] : (['replikit', 'emmett'] as const)) {
   const url = await freshDatabase(stack, `bench_events_lag_${store}`, store);
   const result = await lagCell(url, store);
   lagResults.push(result);
@@ -697,6 +725,12 @@ process.stdout.write(
       throughputRows,
     ),
     '',
+    ...(APPEND_ONLY ? [] : replayAndLagSections()),
+  ].join('\n'),
+);
+
+function replayAndLagSections(): string[] {
+  return [
     `Replay of the append-throughput logs (written by 1 to 64 unpaced concurrent writers) by a new consumer from the start, for at most ${REPLAY_SECONDS} s, checked against a recount of the log: an event is missed when the consumer's checkpoint (the last event it applied, in the order it reads: (transaction id, position) for replikit, the bare global position for Emmett) has passed it without applying it; events after the checkpoint were not reached and are not counted.`,
     '',
     table(
@@ -729,8 +763,8 @@ process.stdout.write(
       lagRows,
     ),
     '',
-  ].join('\n'),
-);
+  ];
+}
 await stack.query('primary', 'select 1');
 progress(
   'done (the bench stack keeps running; `npm run stack -- stop --dir .replikit/bench` stops it)',

@@ -13,6 +13,7 @@ import {
   createEventStore,
   EventStoreError,
   START,
+  type AppendResult,
   type EventStore,
   type RecordedEvent,
 } from '../src/events/index.js';
@@ -156,6 +157,128 @@ describe('event store: appends', () => {
     expect(partial.code).toBe('EVENTSTORE_EVENT_ID_CONFLICT');
     const elsewhere = await rejection(store.append(`other-${randomUUID()}`, events));
     expect(elsewhere.code).toBe('EVENTSTORE_EVENT_ID_CONFLICT');
+  });
+
+  it('writes concurrent appends together, each with its own expectation, outcome and error', async () => {
+    const stored = `stored-${randomUUID()}`;
+    const storedEvents = [{ ...followed('s', 't'), id: randomUUID() }];
+    const first = await store.append(stored, storedEvents);
+    const chain = `chain-${randomUUID()}`;
+    const twice = [{ ...followed('t', 'u'), id: randomUUID() }];
+    const twiceStream = `twice-${randomUUID()}`;
+    // Issued together: the first ones are written at once, the rest queue and go in one batch.
+    const calls: Promise<unknown>[] = [
+      ...Array.from({ length: 20 }, (_, i) =>
+        store.append(`many-${i}-${randomUUID()}`, [followed('m', String(i))], {
+          expectedVersion: 'no_stream',
+        }),
+      ),
+      store.append(chain, [followed('c', '1')], { expectedVersion: 'no_stream' }),
+      store.append(chain, [followed('c', '2')], { expectedVersion: 1 }),
+      store.append(chain, [followed('c', '3'), followed('c', '4')], { expectedVersion: 2 }),
+      store.append(`conflict-${randomUUID()}`, [followed('x', 'y')], { expectedVersion: 5 }),
+      store.append(stored, storedEvents, { expectedVersion: 'no_stream' }),
+      store.append(`elsewhere-${randomUUID()}`, storedEvents),
+      store.append(twiceStream, twice),
+      store.append(twiceStream, twice),
+    ];
+    const outcomes = await Promise.allSettled(calls);
+    const value = (i: number) => (outcomes[i] as PromiseFulfilledResult<AppendResult>).value;
+    const reason = (i: number) => (outcomes[i] as PromiseRejectedResult).reason as EventStoreError;
+    for (let i = 0; i < 23; i++) expect(outcomes[i]!.status).toBe('fulfilled');
+    expect(value(22).nextExpectedVersion).toBe(4);
+    expect(
+      (await store.readStream(chain)).map((e) => (e.data as { targetId: string }).targetId),
+    ).toEqual(['1', '2', '3', '4']);
+    expect(reason(23).code).toBe('EVENTSTORE_CONCURRENCY');
+    expect(reason(23).details).toMatchObject({ expected: 5, actual: 0 });
+    expect(value(24)).toMatchObject({ duplicate: true, positions: first.positions });
+    expect(reason(25).code).toBe('EVENTSTORE_EVENT_ID_CONFLICT');
+    expect([value(26).duplicate, value(27).duplicate].sort()).toEqual([false, true]);
+    expect(value(26).position).toEqual(value(27).position);
+    // Batched appends share their transaction.
+    const transactions = new Set(
+      Array.from({ length: 23 }, (_, i) => value(i).position.transactionId),
+    );
+    expect(transactions.size).toBeLessThan(23);
+
+    // A statement error (a NUL character jsonb refuses) fails that append alone.
+    const mixed = await Promise.allSettled([
+      ...Array.from({ length: 5 }, (_, i) =>
+        store.append(`ok-${i}-${randomUUID()}`, [followed('o', String(i))]),
+      ),
+      store.append(`bad-${randomUUID()}`, [{ type: 'Bad', data: { text: 'a\u0000b' } }]),
+      ...Array.from({ length: 5 }, (_, i) =>
+        store.append(`ok-${i}-${randomUUID()}`, [followed('o', String(i))]),
+      ),
+    ]);
+    expect(mixed.map((o) => o.status)).toEqual([
+      ...Array<string>(5).fill('fulfilled'),
+      'rejected',
+      ...Array<string>(5).fill('fulfilled'),
+    ]);
+  });
+
+  it.each([0, 6])(
+    'does not hold appends to other streams behind a transaction that holds one stream (its append issued %i-th)',
+    async (place) => {
+      const held = `held-${randomUUID()}`;
+      await store.append(held, [followed('h', '0')]);
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      let locked!: () => void;
+      const isLocked = new Promise<void>((resolve) => (locked = resolve));
+      const holder = store.transaction(async (tx) => {
+        await tx.append(held, [followed('h', '1')], { expectedVersion: 1 });
+        locked();
+        await released;
+      });
+      await isLocked;
+      let heldDone = false;
+      const calls = Array.from({ length: 12 }, (_, i) =>
+        i === place
+          ? store.append(held, [followed('h', '2')], { expectedVersion: 2 }).finally(() => {
+              heldDone = true;
+            })
+          : store.append(`free-${i}-${randomUUID()}`, [followed('f', String(i))]),
+      );
+      const others = await Promise.all(calls.filter((_, i) => i !== place));
+      expect(others).toHaveLength(11);
+      expect(heldDone).toBe(false);
+      release();
+      await holder;
+      expect((await calls[place]!).nextExpectedVersion).toBe(3);
+      expect(await store.readStream(held)).toHaveLength(3);
+    },
+  );
+
+  it('does not hold appends to other streams behind a transaction that created a stream and has not committed', async () => {
+    const fresh = `fresh-${randomUUID()}`;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let created!: () => void;
+    const isCreated = new Promise<void>((resolve) => (created = resolve));
+    const holder = store.transaction(async (tx) => {
+      await tx.append(fresh, [followed('n', '0')], { expectedVersion: 'no_stream' });
+      created();
+      await released;
+    });
+    await isCreated;
+    let freshDone = false;
+    const calls = Array.from({ length: 12 }, (_, i) =>
+      i === 3
+        ? store.append(fresh, [followed('n', '1')]).finally(() => {
+            freshDone = true;
+          })
+        : store.append(`free-${i}-${randomUUID()}`, [followed('f', String(i))]),
+    );
+    const others = await Promise.all(calls.filter((_, i) => i !== 3));
+    expect(others).toHaveLength(11);
+    expect(freshDone).toBe(false);
+    release();
+    await holder;
+    await calls[3];
+    expect(await store.readStream(fresh)).toHaveLength(2);
   });
 
   it('stores type, schema version, data, metadata with trace context, causation and correlation, and time', async () => {

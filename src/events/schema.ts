@@ -131,4 +131,56 @@ export const EVENT_STORE_MIGRATIONS: readonly Migration[] = [
       $fn$;
     `,
   },
+  {
+    id: 'replikit-events-0002-append-batch',
+    sql: `
+      -- Several standalone appends in one transaction (the store batches concurrent ones, so they
+      -- share one commit). p_items: [{stream, expected, events}, ...]; one row per item, \`ord\`
+      -- being its 1-based place in p_items. Each item's outcome is its own: a conflict writes
+      -- nothing for that item and the others go on; a later item sees what an earlier one on the
+      -- same stream wrote.
+      --
+      -- The batch never waits for a stream another transaction holds: it locks its existing
+      -- streams at once, in stream order, skipping those locked elsewhere, and answers 'busy' for
+      -- their items, which the store then appends on their own. So one slow transaction cannot
+      -- hold up appends to other streams that happen to share its batch.
+      create function replikit_append_batch(p_items jsonb, p_notify boolean)
+      returns table (ord int, outcome text, stream_version bigint, tx_id text, positions bigint[], recorded_at timestamptz)
+      language plpgsql as $fn$
+      declare
+        v_streams text[];
+        v_locked text[];
+        v_busy text[];
+        v_item record;
+      begin
+        -- A batch never waits long on someone else's open transaction (a stream it created, an
+        -- event id it stored and has not committed): past this, the statement fails, nothing of
+        -- the batch commits, and the store appends each item on its own, so only the one in
+        -- conflict waits.
+        perform set_config('lock_timeout', '200ms', true);
+        select array_agg(distinct i.value->>'stream') into v_streams from jsonb_array_elements(p_items) i;
+        select coalesce(array_agg(l.stream_id), '{}') into v_locked from (
+          select s.stream_id from ${STREAMS_TABLE} s where s.stream_id = any(v_streams)
+          order by s.stream_id collate "C" for update skip locked
+        ) l;
+        select coalesce(array_agg(s.stream_id), '{}') into v_busy from ${STREAMS_TABLE} s
+          where s.stream_id = any(v_streams) and not (s.stream_id = any(v_locked));
+        for v_item in
+          select i.value, i.n::int as n
+          from jsonb_array_elements(p_items) with ordinality as i(value, n)
+          order by i.value->>'stream' collate "C", i.n
+        loop
+          if (v_item.value->>'stream') = any(v_busy) then
+            return query select v_item.n, 'busy'::text, null::bigint, null::text, null::bigint[], null::timestamptz;
+          else
+            return query
+              select v_item.n, a.outcome, a.stream_version, a.tx_id, a.positions, a.recorded_at
+              from replikit_append(v_item.value->>'stream', v_item.value->>'expected',
+                                   v_item.value->'events', p_notify) a;
+          end if;
+        end loop;
+      end
+      $fn$;
+    `,
+  },
 ];
