@@ -7,6 +7,10 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
+import { MIGRATIONS } from '../src/app/migrations.js';
+import { PROFILES_MIGRATIONS } from '../src/app/profiles.js';
+import { postgresTransportMigrations } from '../src/messaging/index.js';
+import { SAGA_MIGRATIONS } from '../src/saga/index.js';
 import { LocalStack } from '../src/stack/index.js';
 import {
   postgresProcessesUnder,
@@ -195,12 +199,16 @@ describe('with existing servers', () => {
       const { rows } = await admin.query<{ id: string }>(
         'select id from replikit_migrations order by applied_at, id',
       );
-      expect(rows.map((row) => row.id)).toEqual([
-        '0001-users',
-        'replikit-events-0001-log',
-        'replikit-saga-0001-log',
-        'replikit-message-queue-0001',
-      ]);
+      // Everything the service's own database gets, in order: its tables, the event store, the
+      // transfers' saga log, the message queue of the choreographed flow.
+      expect(rows.map((row) => row.id)).toEqual(
+        [
+          ...MIGRATIONS,
+          ...PROFILES_MIGRATIONS,
+          ...SAGA_MIGRATIONS,
+          ...postgresTransportMigrations,
+        ].map((migration) => migration.id),
+      );
       const busy = await admin.query<{ n: number }>(
         "select count(*)::int as n from pg_stat_activity where application_name like 'replikit%' and datname = $1",
         [db.name],
