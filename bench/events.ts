@@ -40,7 +40,7 @@ import {
   type ProjectionRunner,
 } from '../src/events/index.js';
 import { LocalStack } from '../src/stack/index.js';
-import { median, ms, percentile, progressFor, table } from './support/report.js';
+import { median, ms, percentile, progressFor, table, positiveOption } from './support/report.js';
 
 const progress = progressFor('bench:events');
 
@@ -82,14 +82,8 @@ if (values.only !== undefined && values.only !== 'append') {
 }
 const APPEND_ONLY = values.only === 'append';
 
-function positive(name: keyof typeof values, integer = true): number {
-  const value = Number(values[name]);
-  if (!(value > 0) || (integer && !Number.isInteger(value))) {
-    throw new RangeError(
-      `--${name} must be a ${integer ? 'whole ' : ''}number > 0, got "${values[name]}"`,
-    );
-  }
-  return value;
+function positive(name: Exclude<keyof typeof values, 'help' | 'only'>, integer = true): number {
+  return positiveOption(name, values[name], integer);
 }
 
 const SECONDS = positive('seconds', false);

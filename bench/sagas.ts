@@ -49,7 +49,7 @@ import {
 } from '../src/app/orders/services.js';
 import { createSagaEngine, SAGA_MIGRATIONS } from '../src/saga/index.js';
 import { LocalStack } from '../src/stack/index.js';
-import { median, ms, percentile, progressFor, table } from './support/report.js';
+import { median, ms, percentile, progressFor, table, positiveOption } from './support/report.js';
 import {
   countBooks,
   DATABASES,
@@ -81,13 +81,7 @@ const { values } = parseArgs({
 });
 
 function positive(name: Exclude<keyof typeof values, 'skip-kill'>, integer = true): number {
-  const value = Number(values[name]);
-  if (!(value > 0) || (integer && !Number.isInteger(value))) {
-    throw new RangeError(
-      `--${name} must be a ${integer ? 'whole ' : ''}number > 0, got "${values[name]}"`,
-    );
-  }
-  return value;
+  return positiveOption(name, values[name], integer);
 }
 
 const SECONDS = positive('seconds', false);

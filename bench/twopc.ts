@@ -39,7 +39,7 @@ import {
   type DistributedTransaction,
   type TransactionEvent,
 } from '../src/twopc/index.js';
-import { median, ms, percentile, progressFor, table } from './support/report.js';
+import { median, ms, percentile, progressFor, table, positiveOption } from './support/report.js';
 import {
   BENCH_TRANSFER_SAGA,
   createBenchTransferSaga,
@@ -89,13 +89,7 @@ function positiveNumber(
   name: Exclude<keyof typeof values, 'pool-size' | 'help'>,
   integer = true,
 ): number {
-  const value = Number(values[name]);
-  if (!(value > 0) || (integer && !Number.isInteger(value))) {
-    throw new RangeError(
-      `--${name} must be a ${integer ? 'whole ' : ''}number > 0, got "${values[name]}"`,
-    );
-  }
-  return value;
+  return positiveOption(name, values[name], integer);
 }
 
 const SECONDS = positiveNumber('seconds', false);
@@ -107,10 +101,8 @@ const COUNT = positiveNumber('count');
  * The coordinator's `poolSize`, and the saga engine's and its ledger pools' sizes; by default one
  * more than the concurrency (see {@link twoPhaseVariant}).
  */
-const POOL_SIZE = values['pool-size'] === undefined ? undefined : Number(values['pool-size']);
-if (POOL_SIZE !== undefined && !(Number.isInteger(POOL_SIZE) && POOL_SIZE > 0)) {
-  throw new RangeError(`--pool-size must be a whole number > 0, got "${values['pool-size']}"`);
-}
+const POOL_SIZE =
+  values['pool-size'] === undefined ? undefined : positiveOption('pool-size', values['pool-size']);
 const CONCURRENCY = values.concurrency.split(',').map((text) => {
   const n = Number(text.trim());
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`--concurrency: bad level "${text}"`);

@@ -31,3 +31,15 @@ export function table(header: readonly string[], rows: readonly (readonly string
 export function progressFor(bench: string): (line: string) => void {
   return (line) => process.stderr.write(`[${bench}] ${line}\n`);
 }
+
+/**
+ * The value of a `--name` option as a number > 0 (a whole one unless `integer` is false), or a
+ * `RangeError` naming the option.
+ */
+export function positiveOption(name: string, text: string | undefined, integer = true): number {
+  const value = Number(text);
+  if (!(value > 0) || (integer && !Number.isInteger(value))) {
+    throw new RangeError(`--${name} must be a ${integer ? 'whole ' : ''}number > 0, got "${text}"`);
+  }
+  return value;
+}
