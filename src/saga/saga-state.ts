@@ -161,6 +161,26 @@ export function retryDelay(
   return Math.max(0, Math.round(backoff.duration));
 }
 
+/** The log row of an attempt that ended with `status`; a retrying or parked step is not finished. */
+function logEntry(
+  index: number,
+  phase: StepLogEntry['phase'],
+  name: string,
+  status: StepLogEntry['status'],
+  attempts: number,
+  details: Pick<StepLogEntry, 'output' | 'error'> = {},
+): StepLogEntry {
+  return {
+    index,
+    phase,
+    name,
+    status,
+    attempts,
+    ...details,
+    finished: status !== 'retrying' && status !== 'parked',
+  };
+}
+
 function stepName(definition: SagaDefinition<unknown>, index: number): string {
   const step = definition.steps[index];
   if (step === undefined) throw new RangeError(`saga ${definition.key} has no step ${index}`);
@@ -231,15 +251,7 @@ function afterStep(
   switch (outcome.kind) {
     case 'completed': {
       const log: StepLogEntry[] = [
-        {
-          index,
-          phase: 'run',
-          name: step.name,
-          status: 'completed',
-          attempts,
-          output: outcome.output,
-          finished: true,
-        },
+        logEntry(index, 'run', step.name, 'completed', attempts, { output: outcome.output }),
       ];
       const next = definition.steps[index + 1];
       // The last step's checkpoint is the saga's completion: one write, not two.
@@ -258,9 +270,7 @@ function afterStep(
     case 'circuit_open':
       return {
         state,
-        log: [
-          { index, phase: 'run', name: step.name, status: 'parked', attempts, finished: false },
-        ],
+        log: [logEntry(index, 'run', step.name, 'parked', attempts)],
         delayMs: outcome.parkMs,
       };
     case 'rejected':
@@ -277,17 +287,7 @@ function afterStep(
         if (attempts < maxAttempts) {
           return {
             state: { ...state, attempt: attempts + 1 },
-            log: [
-              {
-                index,
-                phase: 'run',
-                name: step.name,
-                status: 'retrying',
-                attempts,
-                error,
-                finished: false,
-              },
-            ],
+            log: [logEntry(index, 'run', step.name, 'retrying', attempts, { error })],
             delayMs: retryDelay(step.retry, attempts, new Error(outcome.message)),
           };
         }
@@ -298,17 +298,7 @@ function afterStep(
               status: 'needs_attention',
               attention: { phase: 'forward', step: step.name, message: outcome.message },
             },
-            log: [
-              {
-                index,
-                phase: 'run',
-                name: step.name,
-                status: 'failed',
-                attempts,
-                error,
-                finished: true,
-              },
-            ],
+            log: [logEntry(index, 'run', step.name, 'failed', attempts, { error })],
             delayMs: 0,
           };
         }
@@ -320,15 +310,7 @@ function afterStep(
         message: outcome.message,
       };
       const log: StepLogEntry[] = [
-        {
-          index,
-          phase: 'run',
-          name: step.name,
-          status: rejected ? 'rejected' : 'failed',
-          attempts,
-          error,
-          finished: true,
-        },
+        logEntry(index, 'run', step.name, rejected ? 'rejected' : 'failed', attempts, { error }),
       ];
       return beginCompensation(state, compensationPlan(definition, index, !rejected), failure, log);
     }
@@ -347,16 +329,7 @@ function afterCompensation(
   switch (outcome.kind) {
     case 'completed': {
       const pending = state.pending.filter((candidate) => candidate !== index);
-      const log: StepLogEntry[] = [
-        {
-          index,
-          phase: 'compensate',
-          name: step.name,
-          status: 'completed',
-          attempts,
-          finished: true,
-        },
-      ];
+      const log: StepLogEntry[] = [logEntry(index, 'compensate', step.name, 'completed', attempts)];
       const next = pending[0];
       return {
         state: {
@@ -372,16 +345,7 @@ function afterCompensation(
     case 'circuit_open':
       return {
         state,
-        log: [
-          {
-            index,
-            phase: 'compensate',
-            name: step.name,
-            status: 'parked',
-            attempts,
-            finished: false,
-          },
-        ],
+        log: [logEntry(index, 'compensate', step.name, 'parked', attempts)],
         delayMs: outcome.parkMs,
       };
     case 'rejected':
@@ -392,17 +356,7 @@ function afterCompensation(
       if (attempts < maxAttempts) {
         return {
           state: { ...state, attempt: attempts + 1 },
-          log: [
-            {
-              index,
-              phase: 'compensate',
-              name: step.name,
-              status: 'retrying',
-              attempts,
-              error,
-              finished: false,
-            },
-          ],
+          log: [logEntry(index, 'compensate', step.name, 'retrying', attempts, { error })],
           delayMs: retryDelay(step.compensationRetry, attempts, new Error(outcome.message)),
         };
       }
@@ -412,17 +366,7 @@ function afterCompensation(
           status: 'needs_attention',
           attention: { phase: 'compensate', step: step.name, message: outcome.message },
         },
-        log: [
-          {
-            index,
-            phase: 'compensate',
-            name: step.name,
-            status: 'failed',
-            attempts,
-            error,
-            finished: true,
-          },
-        ],
+        log: [logEntry(index, 'compensate', step.name, 'failed', attempts, { error })],
         delayMs: 0,
       };
     }
