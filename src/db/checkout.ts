@@ -30,3 +30,30 @@ export async function checkout(pool: pg.Pool): Promise<CheckedOutClient> {
     },
   };
 }
+
+/**
+ * Runs `fn` in one transaction on a client checked out of `pool`: committed when it resolves,
+ * rolled back when it throws; a client whose rollback failed is discarded.
+ */
+export async function inTransaction<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const { client, release } = await checkout(pool);
+  let broken = false;
+  try {
+    await client.query('begin');
+    try {
+      const result = await fn(client);
+      await client.query('commit');
+      return result;
+    } catch (err) {
+      await client.query('rollback').catch(() => {
+        broken = true;
+      });
+      throw err;
+    }
+  } finally {
+    release(broken);
+  }
+}

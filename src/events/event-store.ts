@@ -1,7 +1,7 @@
 import { context, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { inTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { GroupCommit } from '../db/group-commit.js';
 import { newEventId } from './event-id.js';
 import { EventStoreError } from './event-store-error.js';
@@ -317,27 +317,13 @@ export class EventStore {
   ): Promise<T> {
     this.#assertOpen();
     options.signal?.throwIfAborted();
-    const { client, release } = await checkout(this.pool);
-    let broken = false;
-    try {
-      await client.query('begin');
-      try {
-        const result = await fn({
-          append: (streamId, events, appendOptions = {}) =>
-            this.#append(client, streamId, events, appendOptions, true),
-          query: (sql, params) => client.query(sql, params as unknown[]),
-        });
-        await client.query('commit');
-        return result;
-      } catch (err) {
-        await client.query('rollback').catch(() => {
-          broken = true;
-        });
-        throw err;
-      }
-    } finally {
-      release(broken);
-    }
+    return inTransaction(this.pool, (client) =>
+      fn({
+        append: (streamId, events, appendOptions = {}) =>
+          this.#append(client, streamId, events, appendOptions, true),
+        query: (sql, params) => client.query(sql, params as unknown[]),
+      }),
+    );
   }
 
   /**

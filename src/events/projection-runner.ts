@@ -1,7 +1,7 @@
 import { SpanStatusCode, type Link, type Tracer } from '@opentelemetry/api';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { inTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { EventStoreError } from './event-store-error.js';
 import type { EventStoreLogger, EventStoreObserver } from './event-store-observer.js';
 import { comparePositions, START, type GlobalPosition } from './position.js';
@@ -149,30 +149,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 
 function positionOf(row: { tx_id: string; position: string }): GlobalPosition {
   return { transactionId: BigInt(row.tx_id), position: BigInt(row.position) };
-}
-
-/** Runs in a transaction on a client of `pool`; a client whose rollback failed is discarded. */
-async function inTransaction<T>(
-  pool: pg.Pool,
-  fn: (client: pg.PoolClient) => Promise<T>,
-): Promise<T> {
-  const { client, release } = await checkout(pool);
-  let broken = false;
-  try {
-    await client.query('begin');
-    try {
-      const result = await fn(client);
-      await client.query('commit');
-      return result;
-    } catch (err) {
-      await client.query('rollback').catch(() => {
-        broken = true;
-      });
-      throw err;
-    }
-  } finally {
-    release(broken);
-  }
 }
 
 interface CheckpointRow {

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 
+import { inTransaction } from '../../db/checkout.js';
 import type { Migration } from '../../db/migrate.js';
 import {
   createConsumer,
@@ -216,25 +217,14 @@ export function createOrderChoreography(options: OrderChoreographyOptions): Orde
   return {
     relays,
     async placeOrder(order) {
-      const client = await databases.orders.connect();
-      let broken = false;
-      try {
-        await client.query('begin');
+      await inTransaction(databases.orders, async (client) => {
         await client.query(
           `insert into orders (id, customer_id, items, amount, status, flow)
            values ($1, $2, $3, $4, 'pending', 'choreography')`,
           [order.orderId, order.customerId, JSON.stringify(order.items), order.amount],
         );
         await publish(client, ORDER_TOPICS.placed, order);
-        await client.query('commit');
-      } catch (err) {
-        await client.query('rollback').catch(() => {
-          broken = true;
-        });
-        throw err;
-      } finally {
-        client.release(broken);
-      }
+      });
     },
     async start() {
       // Consumers first: a group receives the messages published after it first subscribed.
