@@ -76,6 +76,9 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TWOPC_IN_DOUBT: 503,
   // Faults of the deployment, not of the request: the message helps whoever runs the service.
   CONFIG_INVALID: 500,
+  // Committed on some participants only, settled by someone else against the decision: a person
+  // must repair it, and sending the request again would not.
+  TWOPC_PARTIAL_COMMIT: 500,
   SAGA_UNKNOWN: 500,
   SAGA_INVALID_DEFINITION: 500,
   EVENTSTORE_UPCASTER_INVALID: 500,
