@@ -62,6 +62,12 @@ export const SAGA_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    // Set (fenced) before a remote pivot is first called: from then on a forced compensation is
+    // refused, since the pivot may have gone through.
+    id: 'replikit-saga-0002-pivot-intent',
+    sql: `alter table replikit_sagas add column pivot_started boolean not null default false;`,
+  },
 ];
 
 /** Something to run SQL on: a pool, or a client inside a transaction. */
@@ -113,6 +119,7 @@ interface SagaRow {
   failure: SagaFailure | null;
   pending: number[];
   attention: SagaAttention | null;
+  pivot_started: boolean;
   trace: Record<string, string> | null;
   owner: string | null;
   epoch: string;
@@ -139,6 +146,7 @@ function toRecord(row: SagaRow): SagaRecord {
       failure: row.failure,
       pending: row.pending,
       attention: row.attention,
+      pivotStarted: row.pivot_started,
     },
     trace: row.trace,
     owner: row.owner,
@@ -269,6 +277,7 @@ export async function writeCheckpoints(
     failure: transition.state.failure,
     pending: transition.state.pending,
     attention: transition.state.attention,
+    pivot_started: transition.state.pivotStarted,
     delay_ms: transition.delayMs,
     finished: transition.state.status === 'completed' || transition.state.status === 'compensated',
     release: release || transition.state.status === 'needs_attention',
@@ -279,7 +288,8 @@ export async function writeCheckpoints(
     text: `with t as (
        select * from jsonb_to_recordset($1::jsonb)
          as t(id uuid, epoch bigint, status text, step_index int, attempt int, outputs jsonb, failure jsonb,
-              pending int[], attention jsonb, delay_ms double precision, finished boolean, release boolean)
+              pending int[], attention jsonb, pivot_started boolean, delay_ms double precision,
+              finished boolean, release boolean)
      ), written as (
        update replikit_sagas s set
          status = t.status,
@@ -289,6 +299,7 @@ export async function writeCheckpoints(
          failure = t.failure,
          pending = t.pending,
          attention = t.attention,
+         pivot_started = t.pivot_started,
          -- Left alone when there is no delay (it is in the past already): the update then changes
          -- no indexed column and stays a heap-only tuple update.
          next_attempt_at = case when t.delay_ms > 0
@@ -397,9 +408,19 @@ export async function releaseLeases(db: Queryable, leases: readonly Lease[]): Pr
   );
 }
 
-/** Reads one saga, or undefined. */
-export async function readSaga(db: Queryable, id: string): Promise<SagaRecord | undefined> {
-  const { rows } = await db.query<SagaRow>('select * from replikit_sagas where id = $1', [id]);
+/**
+ * Reads one saga, or undefined. With `forUpdate` (inside a transaction) the row stays locked until
+ * it ends: checkpoints and claims of the saga wait, so a decision taken from it holds when written.
+ */
+export async function readSaga(
+  db: Queryable,
+  id: string,
+  options: { readonly forUpdate?: boolean } = {},
+): Promise<SagaRecord | undefined> {
+  const { rows } = await db.query<SagaRow>(
+    `select * from replikit_sagas where id = $1${options.forUpdate === true ? ' for update' : ''}`,
+    [id],
+  );
   return rows[0] === undefined ? undefined : toRecord(rows[0]);
 }
 
@@ -491,7 +512,7 @@ export async function overrideSaga(
     `with written as (
        update replikit_sagas set
          status = $3, step_index = $4, attempt = $5, outputs = $6, failure = $7, pending = $8,
-         attention = $9, epoch = epoch + 1, owner = null, lease_until = null,
+         attention = $9, pivot_started = $11, epoch = epoch + 1, owner = null, lease_until = null,
          next_attempt_at = now(), updated_at = now()
        where id = $1 and epoch = $2
        returning id
@@ -508,6 +529,7 @@ export async function overrideSaga(
       state.pending,
       state.attention === null ? null : JSON.stringify(state.attention),
       JSON.stringify(logRows(id, transition.log)),
+      state.pivotStarted,
     ],
   );
   return rows.length === 1;
