@@ -211,3 +211,59 @@ describe('forced compensation and the pivot', () => {
     expect(await credit(id)).toBeUndefined();
   });
 });
+
+describe('lease renewal', () => {
+  it('a renewal that runs after the saga’s own final checkpoint is not counted as fenced', async () => {
+    const fenced: string[] = [];
+    const warnings: string[] = [];
+    const pool = new pg.Pool({ connectionString: ledgerA.primaryUrl, max: 5 });
+    const query = pool.query.bind(pool) as (...args: unknown[]) => Promise<unknown>;
+    let sagaId = '';
+    let renewals = 0;
+    let finalCommitted = false;
+    // Between the database committing the final checkpoint and the engine hearing of it, the
+    // engine still holds the saga: hold that answer back until a renewal of the saga has run.
+    pool.query = (async (...args: unknown[]) => {
+      const [config, params] = args as [
+        string | { name?: string; text: string; values: unknown[] },
+        unknown[]?,
+      ];
+      const text = typeof config === 'string' ? config : config.text;
+      const values = (typeof config === 'string' ? params : config.values) ?? [];
+      const renewal = /^update replikit_sagas s set lease_until/.test(text.trim());
+      const startedAfterFinal = finalCommitted;
+      const result = await query(...args);
+      if (renewal && startedAfterFinal && JSON.stringify(values).includes(sagaId)) renewals++;
+      // The states it wrote come first; the saga's own says whether it finished it.
+      const states = typeof values[0] === 'string' ? values[0] : '';
+      if (
+        typeof config !== 'string' &&
+        config.name === 'replikit_saga_checkpoint' &&
+        states.includes(sagaId) &&
+        states.includes('"finished":true')
+      ) {
+        finalCommitted = true;
+        await eventually(() => (renewals > 0 ? true : undefined));
+      }
+      return result;
+    }) as typeof pool.query;
+    try {
+      const e = await engine({
+        database: pool,
+        leaseMs: 300,
+        observer: { onFenced: (event) => fenced.push(event.saga) },
+        logger: { warn: (_fields, message) => warnings.push(message) },
+      });
+      sagaId = crypto.randomUUID();
+      await e.run(transfer, input('a4', 'b4', 10), { id: sagaId });
+      const done = await e.wait(sagaId, { timeoutMs: 15_000 });
+      expect(renewals).toBeGreaterThan(0);
+      expect(fenced).toEqual([]);
+      expect(warnings.filter((message) => /lost the lease/.test(message))).toEqual([]);
+      expect(done.state.status).toBe('completed');
+      await e.close();
+    } finally {
+      await pool.end();
+    }
+  });
+});

@@ -805,8 +805,12 @@ export class SagaEngine {
       this.#leaseMs,
     );
     for (const instance of due) {
-      if (renewed.has(instance.id)) instance.leaseUntil = now + this.#leaseMs;
-      else if (this.#instances.get(instance.id) === instance) this.#drop(instance, 'fenced');
+      const held = renewed.get(instance.id);
+      if (held === true) instance.leaseUntil = now + this.#leaseMs;
+      // `false`: the saga's own final (or releasing) checkpoint won the race with this renewal;
+      // the engine settles it as soon as it hears of that write. Not fenced.
+      else if (held === undefined && this.#instances.get(instance.id) === instance)
+        this.#drop(instance, 'fenced');
     }
   }
 

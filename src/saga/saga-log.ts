@@ -377,24 +377,30 @@ export interface Lease {
 }
 
 /**
- * Extends leases; a saga whose epoch moved on is not extended.
+ * Extends leases. A saga whose epoch moved on is not extended: its lease was lost. Nor is one
+ * whose lease its holder's own last checkpoint gave up (it finished, or waits for a person): that
+ * renewal lost a race with the checkpoint, not the lease, and the lease stays given up.
  *
- * @returns the ids whose lease was extended.
+ * @returns for each saga still at its lease's epoch, whether the lease was extended (false: given
+ *   up by its own checkpoint); a saga missing from the map is fenced.
  */
 export async function renewLeases(
   db: Queryable,
   leases: readonly Lease[],
   leaseMs: number,
-): Promise<Set<string>> {
-  if (leases.length === 0) return new Set();
-  const { rows } = await db.query<{ id: string }>(
-    `update replikit_sagas s set lease_until = greatest(s.next_attempt_at, now()) + $3 * interval '1 millisecond'
+): Promise<Map<string, boolean>> {
+  if (leases.length === 0) return new Map();
+  // Rows are matched by epoch alone, so that the answer tells a given-up lease from a lost one;
+  // the epoch is compared on the row as it is after any concurrent writer commits.
+  const { rows } = await db.query<{ id: string; renewed: boolean }>(
+    `update replikit_sagas s set lease_until = case when s.lease_until is not null
+       then greatest(s.next_attempt_at, now()) + $3 * interval '1 millisecond' end
      from unnest($1::uuid[], $2::bigint[]) as o(id, epoch)
-     where s.id = o.id and s.epoch = o.epoch and s.lease_until is not null
-     returning s.id`,
+     where s.id = o.id and s.epoch = o.epoch
+     returning s.id, s.lease_until is not null as renewed`,
     [leases.map((lease) => lease.id), leases.map((lease) => lease.epoch), leaseMs],
   );
-  return new Set(rows.map((row) => row.id));
+  return new Map(rows.map((row) => [row.id, row.renewed]));
 }
 
 /** Gives leases up so that any process may claim the sagas at once. */
