@@ -50,6 +50,9 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   // A person's action that does not fit the saga's state (retrying a finished saga, compensating
   // one past its pivot).
   SAGA_INVALID_STATE: 409,
+  // Compensating a saga whose pivot may have gone through: undoing the steps before it could
+  // leave half a saga. The detail says what to do instead (wait, or retry the saga).
+  SAGA_PIVOT_IN_DOUBT: 409,
   // An append's expected version did not match the stream's (carries both), or an event id was
   // reused for other data.
   EVENTSTORE_CONCURRENCY: 409,

@@ -27,7 +27,7 @@ import {
 } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, inTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { GroupCommit } from '../db/group-commit.js';
 import { migrate } from '../db/migrate.js';
 import type {
@@ -67,6 +67,7 @@ import {
   forcedCompensation,
   initialTransition,
   nextAction,
+  pivotIntent,
   resumeTransition,
   TERMINAL_STATUSES,
   transition,
@@ -549,22 +550,43 @@ export class SagaEngine {
   /**
    * Compensates a saga now: a running one stops going forward (the step in progress is treated
    * as of unknown outcome and compensated too), one that needs attention after a failed
-   * compensation retries it.
+   * compensation retries it. The process holding the saga is fenced in the same transaction:
+   * its next checkpoint is refused, so it cannot go on to the pivot.
    *
-   * @throws SagaError `SAGA_NOT_FOUND`; `SAGA_INVALID_STATE` when the saga finished or passed its pivot.
+   * @throws SagaError `SAGA_NOT_FOUND`; `SAGA_INVALID_STATE` when the saga finished or passed its
+   *   pivot; `SAGA_PIVOT_IN_DOUBT` once the pivot's call was made and its outcome is not known
+   *   (wait for it, or {@link SagaEngine.retry} a saga that needs attention there).
    */
   compensate(id: string): Promise<SagaRecord> {
     return this.#override(id, (definition, state) => {
-      const next = forcedCompensation(definition, state);
-      if (next === undefined)
-        throw new SagaError(
-          'SAGA_INVALID_STATE',
-          isTerminal(state)
-            ? `saga ${id} is ${state.status}: there is nothing to compensate`
-            : `saga ${id} is past its pivot step and can no longer be compensated`,
-          { details: { id, status: state.status } },
-        );
-      return next;
+      const decision = forcedCompensation(definition, state);
+      if (decision.kind === 'accepted') return decision.transition;
+      const step = definition.steps[state.stepIndex]?.name;
+      const details = { id, status: state.status, ...(step === undefined ? {} : { step }) };
+      switch (decision.reason) {
+        case 'finished':
+          throw new SagaError(
+            'SAGA_INVALID_STATE',
+            `saga ${id} is ${state.status}: there is nothing to compensate`,
+            { details },
+          );
+        case 'past_pivot':
+          throw new SagaError(
+            'SAGA_INVALID_STATE',
+            `saga ${id} is past its pivot step and can no longer be compensated`,
+            { details },
+          );
+        case 'pivot_in_doubt':
+          throw new SagaError(
+            'SAGA_PIVOT_IN_DOUBT',
+            `saga ${id} has called its pivot step ${step ?? ''} and its outcome is not known: ` +
+              'it may have gone through, and undoing the steps before it would leave half a saga. ' +
+              (state.status === 'needs_attention'
+                ? 'Retry the saga instead (the pivot runs again with the same idempotency key).'
+                : 'Wait for the step to finish.'),
+            { details },
+          );
+      }
     });
   }
 
@@ -646,35 +668,43 @@ export class SagaEngine {
     }
   }
 
+  /**
+   * Applies a person's decision: reads the saga under its row lock, decides, and writes the
+   * decision with a new epoch in one transaction. A checkpoint of the holder (a step's result, the
+   * pivot's intent) either committed before the read, and the decision sees it, or comes after
+   * the new epoch and is refused. Deciding from an unlocked read would let the holder log the
+   * pivot's intent (and call it) between the read and the write.
+   */
   async #override(
     id: string,
     decide: (definition: SagaDefinition<unknown>, state: SagaState) => Transition,
   ): Promise<SagaRecord> {
     this.#assertOpen();
-    for (let tries = 0; tries < 5; tries++) {
-      const record = await readSaga(this.#pool, id);
-      if (record === undefined)
+    const record = await inTransaction(this.#pool, async (client) => {
+      const current = await readSaga(client, id, { forUpdate: true });
+      if (current === undefined)
         throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
-      const definition = this.#definitions.get(`${record.saga}@${record.version}`);
+      const definition = this.#definitions.get(`${current.saga}@${current.version}`);
       if (definition === undefined)
         throw new SagaError(
           'SAGA_UNKNOWN',
-          `this engine does not know saga ${record.saga}@${record.version}`,
-          { details: { saga: `${record.saga}@${record.version}` } },
+          `this engine does not know saga ${current.saga}@${current.version}`,
+          { details: { saga: `${current.saga}@${current.version}` } },
         );
-      const next = decide(definition, record.state);
-      if (await overrideSaga(this.#pool, id, record.epoch, next)) {
-        this.#settled.forget(id);
-        // A local holder, if any, is fenced by the new epoch; drop it now rather than at its next write.
-        const local = this.#instances.get(id);
-        if (local !== undefined) this.#drop(local, 'overridden');
-        this.#schedulePoll(0);
-        return (await readSaga(this.#pool, id)) ?? record;
-      }
-    }
-    throw new SagaError('SAGA_INVALID_STATE', `saga ${id} keeps changing; try again`, {
-      details: { id },
+      const next = decide(definition, current.state);
+      // Under the lock the epoch cannot have moved; checked all the same.
+      if (!(await overrideSaga(client, id, current.epoch, next)))
+        throw new SagaError('SAGA_INVALID_STATE', `saga ${id} changed; try again`, {
+          details: { id },
+        });
+      return current;
     });
+    this.#settled.forget(id);
+    // A local holder, if any, is fenced by the new epoch; drop it now rather than at its next write.
+    const local = this.#instances.get(id);
+    if (local !== undefined) this.#drop(local, 'overridden');
+    this.#schedulePoll(0);
+    return (await readSaga(this.#pool, id)) ?? record;
   }
 
   #schedulePoll(delayMs: number): void {
@@ -775,8 +805,12 @@ export class SagaEngine {
       this.#leaseMs,
     );
     for (const instance of due) {
-      if (renewed.has(instance.id)) instance.leaseUntil = now + this.#leaseMs;
-      else if (this.#instances.get(instance.id) === instance) this.#drop(instance, 'fenced');
+      const held = renewed.get(instance.id);
+      if (held === true) instance.leaseUntil = now + this.#leaseMs;
+      // `false`: the saga's own final (or releasing) checkpoint won the race with this renewal;
+      // the engine settles it as soon as it hears of that write. Not fenced.
+      else if (held === undefined && this.#instances.get(instance.id) === instance)
+        this.#drop(instance, 'fenced');
     }
   }
 
@@ -812,6 +846,13 @@ export class SagaEngine {
       if (action.kind === 'none') {
         this.#settle(instance);
         return;
+      }
+      if (action.kind === 'run') {
+        // Logged (fenced) before the pivot's call: a forced compensation that comes later is
+        // refused, and one that came first has raised the epoch, so this write fails and the
+        // pivot is never called.
+        const intent = pivotIntent(definition, instance.state, action.index);
+        if (intent !== undefined) await this.#commit(instance, intent);
       }
       const next =
         action.kind === 'finish'

@@ -12,6 +12,11 @@ export type SagaErrorCode =
   | 'SAGA_INVALID_STATE'
   /** The saga's input does not match the definition's input schema. */
   | 'SAGA_INVALID_INPUT'
+  /**
+   * Compensation was asked for while the saga's pivot step may have gone through (its call was
+   * made and its outcome is not known): undoing the steps before it could leave half a saga.
+   */
+  | 'SAGA_PIVOT_IN_DOUBT'
   /** A checkpoint was refused: another process holds the saga's lease now (its epoch moved on). */
   | 'SAGA_FENCED'
   | 'SAGA_CLOSED';
