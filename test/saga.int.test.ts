@@ -7,10 +7,13 @@ import { ORDER_STEPS, type OrderInput } from '../src/app/orders/order-saga.js';
 import { InventoryService, PaymentsService } from '../src/app/orders/services.js';
 import {
   createSagaEngine,
+  defineSaga,
   type SagaDefinition,
   type SagaEngine,
+  type LocalStep,
   type RemoteStep,
   type SagaEngineOptions,
+  type SagaTransaction,
   type StepEvent,
 } from '../src/saga/index.js';
 import {
@@ -30,7 +33,7 @@ const events: StepEvent[] = [];
 /** An engine on the test's saga log with short timings; closed after each test. */
 async function engine(
   overrides: Partial<SagaEngineOptions> = {},
-  definition: SagaDefinition<OrderInput> = saga,
+  definition: SagaDefinition<unknown> = saga,
 ): Promise<SagaEngine> {
   const created = createSagaEngine({
     database: dbs.urls.orders,
@@ -352,6 +355,76 @@ describe('leases', () => {
     // Its charge ran twice (at least once is the contract for a remote step) but charged once.
     expect(calls).toBe(2);
     expect((await countBooks(dbs.pools)).problems).toEqual([]);
+  });
+});
+
+describe('a local step with a timeout', () => {
+  /** A saga of one local step that times out after 200 ms and may try twice. */
+  function slowLocal(name: string, run: LocalStep<{ readonly n: number }>['run']) {
+    return defineSaga<{ readonly n: number }>({
+      name,
+      version: 1,
+      steps: [
+        {
+          name: 'effect',
+          local: true,
+          timeoutMs: 200,
+          retry: { maxAttempts: 2, backoff: new ConstantBackoff(50) },
+          run,
+          compensate: () => Promise.resolve(),
+        },
+      ],
+    });
+  }
+
+  it('has its effect once: the attempt that timed out commits nothing, and its client refuses queries after the timeout', async () => {
+    await dbs.pools.orders.query(
+      'create table if not exists local_effects (saga_id uuid not null, attempt int not null)',
+    );
+    let late: { readonly error: unknown; readonly aborted: boolean } | undefined;
+    const effect = (tx: SagaTransaction, sagaId: string, attempt: number) =>
+      tx.query('insert into local_effects (saga_id, attempt) values ($1, $2)', [sagaId, attempt]);
+    const slow = slowLocal('slow_local', async (ctx, tx) => {
+      await effect(tx, ctx.sagaId, ctx.attempt);
+      if (ctx.attempt > 1) return;
+      // The first attempt outlives its timeout without watching its signal (as code that awaits
+      // something slow does), then writes again: neither write may survive.
+      await sleep(600);
+      try {
+        await effect(tx, ctx.sagaId, ctx.attempt);
+        late = { error: undefined, aborted: ctx.signal.aborted };
+      } catch (error) {
+        late = { error, aborted: ctx.signal.aborted };
+      }
+    });
+    const e = await engine({}, slow);
+    const { id } = await e.run(slow, { n: 1 });
+    const done = await e.wait(id, { timeoutMs: 10_000 });
+    expect(done.state.status).toBe('completed');
+    const settled = await eventually(() => late);
+    const { rows } = await dbs.pools.orders.query<{ attempt: number }>(
+      'select attempt from local_effects where saga_id = $1 order by attempt',
+      [id],
+    );
+    expect(rows).toEqual([{ attempt: 2 }]);
+    expect(settled.aborted).toBe(true);
+    expect(settled.error).toMatchObject({ code: 'SAGA_STEP_ABANDONED' });
+  });
+
+  it('a statement still running when its attempt is abandoned is stopped by the server within the timeout', async () => {
+    const slow = slowLocal('stuck_local', async (ctx, tx) => {
+      if (ctx.attempt === 1) await tx.query(`select pg_sleep(30) /* ${ctx.sagaId} */`);
+    });
+    const e = await engine({}, slow);
+    const { id } = await e.run(slow, { n: 1 });
+    expect((await e.wait(id, { timeoutMs: 10_000 })).state.status).toBe('completed');
+    const running = () =>
+      dbs.pools.orders.query(
+        `select 1 from pg_stat_activity where query like 'select pg_sleep(30) /* ' || $1 || ' */'`,
+        [id],
+      );
+    // Without a server-side bound the orphaned statement would sleep on for half a minute.
+    await eventually(async () => ((await running()).rowCount === 0 ? true : undefined), 5000);
   });
 });
 

@@ -42,6 +42,7 @@ import type {
 } from './define-saga.js';
 import { SagaError, StepRejected } from './saga-error.js';
 import { SettledSagas } from './settled-sagas.js';
+import { stepTransaction } from './step-transaction.js';
 import {
   claimSagas,
   countUnfinished,
@@ -928,29 +929,49 @@ export class SagaEngine {
         let broken = false;
         try {
           await client.query('begin');
+          if (step.timeoutMs !== undefined) {
+            // The server's bound on each statement of the attempt: a statement still running when
+            // the attempt is abandoned stops within timeoutMs, releasing its locks for the retry.
+            await client.query(`select set_config('statement_timeout', $1, true)`, [
+              String(Math.min(Math.ceil(step.timeoutMs), 2_147_483_647)),
+            ]);
+          }
+          const { tx, revoke } = stepTransaction(client, step.name);
+          const code = { settled: false };
           let outcome: AttemptOutcome;
           try {
-            const output = await policy.execute(
-              ({ signal }) =>
-                phase === 'run'
-                  ? step.run({ ...base, signal }, client)
+            const output = await policy.execute(async ({ signal }) => {
+              try {
+                return await (phase === 'run'
+                  ? step.run({ ...base, signal }, tx)
                   : (step.compensate as NonNullable<typeof step.compensate>)(
                       compensation(signal),
-                      client,
-                    ),
-              instance.controller.signal,
-            );
+                      tx,
+                    ));
+              } finally {
+                code.settled = true;
+              }
+            }, instance.controller.signal);
             outcome = { kind: 'completed', output: output ?? null };
           } catch (err) {
             outcome = this.#classify(err, step, parkMs);
+          } finally {
+            revoke();
+          }
+          if (!code.settled) {
+            // Abandoned (timed out, or the lease was lost) while its code still runs: a query it
+            // has in flight must not commit and the connection must serve nobody else. Closing
+            // the connection ends the transaction without waiting for that query.
+            broken = true;
+            release(true);
           }
           if (instance.controller.signal.aborted) {
-            await client.query('rollback');
+            if (!broken) await client.query('rollback');
             span.end();
             return undefined;
           }
           if (outcome.kind !== 'completed') {
-            await client.query('rollback');
+            if (!broken) await client.query('rollback');
             report(outcome);
             const next = transition(definition, instance.state, action, outcome);
             await this.#commit(instance, next);
@@ -961,8 +982,10 @@ export class SagaEngine {
           await this.#commit(instance, next, client);
           return next;
         } catch (err) {
-          broken = !(err instanceof Fenced);
-          await client.query('rollback').catch(() => undefined);
+          if (!broken) {
+            broken = !(err instanceof Fenced);
+            await client.query('rollback').catch(() => undefined);
+          }
           throw err;
         } finally {
           release(broken);
