@@ -408,6 +408,29 @@ describe('the saga mode', () => {
     );
     expect(entries?.statuses).toEqual(['reversed']);
   });
+
+  it('five overdrafts refused in a row do not hold up the next saga transfer: it answers 201 completed', async () => {
+    const before = await balances();
+    const from = richestA(before);
+    for (let i = 0; i < 5; i++) {
+      const refused = await call('POST', '/transfers?mode=saga', {
+        body: { from, to: 'b6', amount: before.get(from)! + 1 },
+      });
+      expect(problem(refused).code).toBe('INSUFFICIENT_FUNDS');
+    }
+    // A refusal is the ledger's answer: the ledgers' circuit breaker stays closed, nothing parks.
+    const moved = await call('POST', '/transfers?mode=saga', {
+      body: { from, to: 'b6', amount: 5 },
+    });
+    expect(moved.status).toBe(201);
+    expect(moved.body).toMatchObject({ mode: 'saga', status: 'completed' });
+    // Put it back, so the totals below stay what the other tests expect.
+    const back = await call('POST', '/transfers?mode=saga', {
+      body: { from: 'b6', to: from, amount: 5 },
+    });
+    expect(back.status).toBe(201);
+    expect(await balances()).toEqual(before);
+  });
 });
 
 describe('bad input gets a 4xx problem, never a 500', () => {
