@@ -76,6 +76,9 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TWOPC_IN_DOUBT: 503,
   // Faults of the deployment, not of the request: the message helps whoever runs the service.
   CONFIG_INVALID: 500,
+  // Code that caught a failed statement inside a transaction: PostgreSQL rolled it all back.
+  // A bug of the server's code, never reported as success.
+  TRANSACTION_ROLLED_BACK: 500,
   SAGA_UNKNOWN: 500,
   SAGA_INVALID_DEFINITION: 500,
   EVENTSTORE_UPCASTER_INVALID: 500,

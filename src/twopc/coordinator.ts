@@ -2,7 +2,7 @@ import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/ap
 import { ExponentialBackoff, handleWhen, retry } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, commitTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { formatGid, GID_PREFIX, isGidName, newTransactionId, parseGid } from './gid.js';
 import { TwoPhaseError } from './twopc-error.js';
 import { errorMessage, sqlState } from '../errors.js';
@@ -260,7 +260,7 @@ export class Coordinator {
         "select pg_advisory_xact_lock(hashtextextended('replikit_2pc_schema', 0))",
       );
       await client.query(SCHEMA);
-      await client.query('commit');
+      await commitTransaction(client);
     } catch (err) {
       await client.query('rollback').catch(() => undefined);
       throw err;
@@ -470,7 +470,9 @@ export class Coordinator {
           { attributes: { 'replikit.2pc.participant': participant } },
           async (span) => {
             try {
-              await entry.client.query(
+              // PREPARE of a transaction aborted by a statement the work caught answers ROLLBACK.
+              await commitTransaction(
+                entry.client,
                 `prepare transaction ${literal(formatGid({ coordinator: this.name, transaction, participant }))}`,
               );
               entry.prepared = true;
@@ -711,7 +713,7 @@ export class Coordinator {
         await client.query('rollback');
         return 'gone';
       }
-      await client.query('commit');
+      await commitTransaction(client);
       return commit ? 'committed' : 'rolled_back';
     } catch (err) {
       broken = true;
