@@ -2,7 +2,7 @@ import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opente
 import { CircuitState } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, transactionOn, type DatabaseConnection } from '../db/checkout.js';
 import { DEFAULT_CONSISTENCY, type Consistency } from './consistency.js';
 import {
   encodeToken,
@@ -257,6 +257,9 @@ export class Cluster {
    * Runs `fn` in one transaction on the primary. The token is taken after COMMIT returns: a
    * position read before it could precede the commit record, and a replica at that position
    * would not yet show the transaction (DESIGN.md §1).
+   *
+   * @throws ReplikitError `TRANSACTION_ROLLED_BACK` when `fn` resolved after catching the error of
+   *   one of its statements: that aborted the transaction, and PostgreSQL rolled it back.
    */
   async transaction<T>(
     fn: (client: TransactionClient) => Promise<T>,
@@ -264,15 +267,11 @@ export class Cluster {
     this.#assertOpen();
     await this.#ready;
     return withClient(this.primary, async (client) => {
-      await client.query('begin');
-      let result: T;
-      try {
-        result = await fn({ query: (sql, params) => client.query(sql, params as unknown[]) });
-        await client.query('commit');
-      } catch (err) {
-        await client.query('rollback').catch(() => undefined);
-        throw err;
-      }
+      // A callback that caught a failed statement leaves the transaction aborted and its COMMIT
+      // answered with ROLLBACK: transactionOn checks, so no token is handed out for lost writes.
+      const result = await transactionOn(client, () =>
+        fn({ query: (sql, params) => client.query(sql, params as unknown[]) }),
+      );
       return { result, token: await this.#tokenAfterCommit(client) };
     });
   }

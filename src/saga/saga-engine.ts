@@ -28,7 +28,12 @@ import {
 } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, inTransaction, type DatabaseConnection } from '../db/checkout.js';
+import {
+  checkout,
+  commitTransaction,
+  inTransaction,
+  type DatabaseConnection,
+} from '../db/checkout.js';
 import { GroupCommit } from '../db/group-commit.js';
 import { migrate } from '../db/migrate.js';
 import type {
@@ -1134,7 +1139,7 @@ export class SagaEngine {
           await client.query('rollback');
           throw new Fenced();
         }
-        await client.query('commit');
+        await commitTransaction(client);
       } catch (err) {
         if (own !== undefined) await client.query('rollback').catch(() => undefined);
         throw err;
