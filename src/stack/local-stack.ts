@@ -530,43 +530,54 @@ export class LocalStack {
     await this.#writeServerFile(join(old.dataDir, 'standby.signal'), '');
 
     const diverged = [old.name];
-    const running: string[] = [];
-    const stopped: string[] = [];
-    for (const other of others) {
-      if (other === old.name) continue;
-      const node = this.node(other);
-      if (this.#pid(node) === undefined) {
-        stopped.push(other);
-        continue;
-      }
-      const [row] = await this.query<{ replay: string | null }>(
-        other,
-        'select pg_last_wal_replay_lsn()::text as replay',
-      );
-      const replay = parseLsn(row?.replay ?? '');
-      if (replay !== undefined && replay > switchLsn) {
-        this.#log(
-          `${other} replayed up to ${formatLsn(replay)}, past the fork: it cannot follow ${name} until rebuilt`,
-        );
-        diverged.push(other);
-      } else running.push(other);
-    }
-    this.#state = {
-      ...this.#state,
-      primary: name,
-      replicas: others,
-      diverged: [...new Set([...this.diverged.filter((node) => node !== name), ...diverged])],
-    };
-    await writeState(this.dir, this.#state);
+    const running = others.filter(
+      (other) => other !== old.name && this.#pid(this.node(other)) !== undefined,
+    );
+    const stopped = others.filter((other) => other !== old.name && !running.includes(other));
+    this.#state = { ...this.#state, primary: name, replicas: others };
     // primary_conninfo is reloadable: the WAL receiver reconnects to the new primary on its own
-    // and, with recovery_target_timeline = latest, switches to its timeline.
-    for (const other of [...running, ...diverged.slice(1)]) {
+    // and, with recovery_target_timeline = latest, switches to its timeline if it can.
+    for (const other of running) {
       await this.#writeNodeConfig(this.node(other));
       await this.query(other, 'select pg_reload_conf()');
     }
-    await this.#waitForStreaming(options.signal, running);
-    if (running.length > 0)
-      this.#log(`${running.join(', ')} now ${verb(running, 'follow')} ${name}`);
+    // Each running replica either streams from the new primary, or has replayed past the fork
+    // (WAL received before the promotion may still be replaying), and then never will.
+    const pending = new Set(running);
+    await this.#until(
+      async () => {
+        const streaming = await this.#streamingFrom(name);
+        for (const other of pending) {
+          if (streaming.has(other)) {
+            pending.delete(other);
+            continue;
+          }
+          const [row] = await this.query<{ replay: string | null }>(
+            other,
+            'select pg_last_wal_replay_lsn()::text as replay',
+          );
+          const replay = parseLsn(row?.replay ?? '');
+          if (replay !== undefined && replay > switchLsn) {
+            this.#log(
+              `${other} replayed up to ${formatLsn(replay)}, past the fork: it cannot follow ${name} until rebuilt`,
+            );
+            pending.delete(other);
+            diverged.push(other);
+          }
+        }
+        return pending.size === 0;
+      },
+      `${running.join(', ')} to stream from ${name} or show they cannot`,
+      options,
+    );
+    const following = running.filter((other) => !diverged.includes(other));
+    this.#state = {
+      ...this.#state,
+      diverged: [...new Set([...this.diverged.filter((node) => node !== name), ...diverged])],
+    };
+    await writeState(this.dir, this.#state);
+    if (following.length > 0)
+      this.#log(`${following.join(', ')} now ${verb(following, 'follow')} ${name}`);
     if (stopped.length > 0)
       this.#log(
         `${stopped.join(', ')}: stopped; ${verb(stopped, 'follow')} ${name} when started unless past the fork`,
@@ -578,7 +589,7 @@ export class LocalStack {
       primary: name,
       timeline,
       switchLsn: formatLsn(switchLsn),
-      following: running,
+      following,
       diverged,
       stopped,
     };
@@ -824,6 +835,15 @@ export class LocalStack {
     if (this.#user !== undefined) await chown(path, this.#user.uid, this.#user.gid);
   }
 
+  /** The replicas streaming from `node`, by application name. */
+  async #streamingFrom(node: string): Promise<Set<string>> {
+    const rows = await this.query<{ name: string }>(
+      node,
+      "select application_name as name from pg_stat_replication where state = 'streaming'",
+    );
+    return new Set(rows.map((row) => row.name));
+  }
+
   /** Replicas that follow the primary: every replica but the diverged ones. */
   #following(): StackNode[] {
     return this.replicas.filter((replica) => !this.diverged.includes(replica.name));
@@ -835,11 +855,7 @@ export class LocalStack {
   ): Promise<void> {
     await this.#until(
       async () => {
-        const rows = await this.query<{ name: string }>(
-          this.primary.name,
-          "select application_name as name from pg_stat_replication where state = 'streaming'",
-        );
-        const streaming = new Set(rows.map((row) => row.name));
+        const streaming = await this.#streamingFrom(this.primary.name);
         return names.every((name) => streaming.has(name));
       },
       `${names.join(', ')} to stream from ${this.primary.name}`,
