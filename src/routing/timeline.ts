@@ -29,7 +29,7 @@ export type TimelineRelation =
 
 /** What is known of a replica: the timeline it replays (or receives) and how far it replayed. */
 export interface ReplicaTimeline {
-  readonly timeline: number | undefined;
+  readonly timeline?: number | undefined;
   readonly replayLsn: Lsn | undefined;
 }
 
