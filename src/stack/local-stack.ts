@@ -623,13 +623,14 @@ export class LocalStack {
     await this.stopNode(name);
     // The slot is made before the backup starts, so the primary keeps every WAL file from the
     // backup's checkpoint on until the new replica has streamed it.
+    // An old slot is dropped once its WAL sender has let go (it may outlive the stop briefly).
     await this.#until(async () => {
-      await this.query(
+      const rows = await this.query<{ active: boolean }>(
         primary.name,
-        'select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1 and not active',
+        'select active, case when not active then pg_drop_replication_slot(slot_name) end from pg_replication_slots where slot_name = $1',
         [name],
       );
-      return true;
+      return rows.every((row) => !row.active);
     }, `the old slot of ${name} to be released`);
     await this.#ensureSlot(primary.name, name);
 
