@@ -39,7 +39,29 @@ describe('replikit stack', () => {
     signalGroup(up, 'SIGINT');
     await sleep(50);
     signalGroup(up, 'SIGINT');
-    expect(await up.exit()).toEqual({ code: 0, signal: null });
+    expect(await up.exit(), up.output()).toEqual({ code: 0, signal: null });
+    expect(postgresProcessesUnder(dir)).toEqual([]);
+  });
+
+  it('a burst of Ctrl-C while it stops still stops every server and exits 0', async () => {
+    const up = spawnTs(['src/cli/main.ts', 'stack', 'up', '--dir', dir]);
+    await up.waitFor(/press Ctrl-C to stop/, 90_000);
+    // Signals to the group can land on a pg_ctl that the CLI forked and that has not yet moved to
+    // a group of its own; a burst makes that window likely instead of rare.
+    signalGroup(up, 'SIGINT');
+    let exited = false;
+    const exit = up.exit().finally(() => {
+      exited = true;
+    });
+    for (let i = 0; i < 400 && !exited; i++) {
+      try {
+        signalGroup(up, 'SIGINT');
+      } catch {
+        break; // the group is gone
+      }
+      await sleep(2);
+    }
+    expect(await exit, up.output()).toEqual({ code: 0, signal: null });
     expect(postgresProcessesUnder(dir)).toEqual([]);
   });
 

@@ -71,44 +71,41 @@ export async function stackCommand(argv: readonly string[]): Promise<number> {
   switch (action) {
     case 'up': {
       // Ctrl-C reaches every process of the terminal's group, and wrappers such as npm relay it
-      // again: keep one handler for the whole command so a second signal cannot kill us mid-stop.
+      // again: one handler for the rest of the process, so that no later signal kills us mid-stop
+      // or between "stopped" and the exit (`up` is the last thing the process does).
       const controller = new AbortController();
       const onSignal = (): void => controller.abort();
       process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+      let stack: LocalStack;
       try {
-        let stack: LocalStack;
-        try {
-          stack = await LocalStack.start({
-            dir,
-            pgBin,
-            basePort,
-            replicas,
-            log,
-            signal: controller.signal,
-          });
-        } catch (err) {
-          if (!controller.signal.aborted) throw err;
-          await (await LocalStack.open({ dir, pgBin }).catch(() => undefined))?.stop();
-          return 130;
-        }
-        for (const node of await stack.status()) console.log(describe(node));
-        if (values.detach) return 0;
-        log('running; press Ctrl-C to stop');
-        if (!controller.signal.aborted) {
-          // Signal handlers do not keep Node's event loop alive; a timer does, until Ctrl-C.
-          const keepAlive = setInterval(() => undefined, 1 << 30);
-          await new Promise((resolve) =>
-            controller.signal.addEventListener('abort', resolve, { once: true }),
-          );
-          clearInterval(keepAlive);
-        }
-        log('stopping');
-        await stack.stop();
-        log('stopped');
-        return 0;
-      } finally {
-        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        stack = await LocalStack.start({
+          dir,
+          pgBin,
+          basePort,
+          replicas,
+          log,
+          signal: controller.signal,
+        });
+      } catch (err) {
+        if (!controller.signal.aborted) throw err;
+        await (await LocalStack.open({ dir, pgBin }).catch(() => undefined))?.stop();
+        return 130;
       }
+      for (const node of await stack.status()) console.log(describe(node));
+      if (values.detach) return 0;
+      log('running; press Ctrl-C to stop');
+      if (!controller.signal.aborted) {
+        // Signal handlers do not keep Node's event loop alive; a timer does, until Ctrl-C.
+        const keepAlive = setInterval(() => undefined, 1 << 30);
+        await new Promise((resolve) =>
+          controller.signal.addEventListener('abort', resolve, { once: true }),
+        );
+        clearInterval(keepAlive);
+      }
+      log('stopping');
+      await stack.stop();
+      log('stopped');
+      return 0;
     }
     case 'down': {
       const stack = await LocalStack.open({ dir, pgBin });

@@ -409,21 +409,23 @@ export class LocalStack {
     }
   }
 
-  /** Stops a node cleanly (`pg_ctl stop -m fast`). A no-op for a stopped node. */
+  /**
+   * Stops a node cleanly: a fast shutdown (SIGINT to its postmaster, as `pg_ctl stop -m fast`
+   * sends), then waits for it to exit. A no-op for a stopped node.
+   *
+   * The signal is sent from this process rather than by running `pg_ctl stop`: a Ctrl-C to our
+   * process group can reach a child in the moment between its fork and its move to a group of its
+   * own, and a burst of them killed every `pg_ctl stop` started during the burst.
+   */
   async stopNode(name: string): Promise<void> {
     const node = this.node(name);
-    if (this.#pid(node) === undefined) return;
-    await this.#pgCtl([
-      'stop',
-      '-D',
-      node.dataDir,
-      '-m',
-      'fast',
-      '-w',
-      '-t',
-      String(START_TIMEOUT_S),
-      '-s',
-    ]);
+    const pid = this.#pid(node);
+    if (pid === undefined) return;
+    process.kill(pid, 'SIGINT');
+    await this.#until(
+      () => Promise.resolve(!isAlive(pid)),
+      `${name} to stop (log ${node.logFile})`,
+    );
   }
 
   /** Kills a node's postmaster with SIGKILL, as a crash would, and waits for it to be gone. */
@@ -939,6 +941,7 @@ export class LocalStack {
     throw new StackError(
       'STACK_COMMAND_FAILED',
       `${name} failed (${signal ?? `exit ${code}`})${stderr.trim() === '' ? '' : `: ${stderr.trim()}`}`,
+      { details: signal === null ? { code } : { signal } },
     );
   }
 }
