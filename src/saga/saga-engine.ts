@@ -812,6 +812,11 @@ export class SagaEngine {
       timer: undefined,
       attempts: new Map(),
     };
+    // This process may still be running an older epoch of the saga: its lease ran out (a long
+    // pause) and the claim just took it over. That older attempt is fenced like any other
+    // process's: stop it and say so, rather than let it be forgotten while its step still runs.
+    const stale = this.#instances.get(instance.id);
+    if (stale !== undefined) this.#drop(stale, 'fenced');
     this.#instances.set(instance.id, instance);
     this.#settled.forget(instance.id);
     this.#start(instance);
