@@ -551,7 +551,7 @@ describe('circuit breaker', () => {
           payments: {
             breaker: circuitBreaker(
               handleWhen((err) => !(err instanceof StepRejected)),
-              { halfOpenAfter: 300, breaker: new ConsecutiveBreaker(1) },
+              { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(1) },
             ),
             parkMs: 60_000,
           },
@@ -572,8 +572,17 @@ describe('circuit breaker', () => {
         sampleOrder(),
       ].map((order) => e.run(flakySaga, order).then((r) => r.id)),
     );
-    await eventually(() => (waiting.every((id) => parkedSteps(id) > 0) ? true : undefined));
-    await sleep(400);
+    // Each waits on the open breaker, unless on a slow machine it came after halfOpenAfter and
+    // was itself the trial the service answered.
+    const answered = (id: string): boolean =>
+      events.some(
+        (event) =>
+          event.sagaId === id && event.step === 'charge_payment' && event.outcome !== 'parked',
+      );
+    await eventually(() =>
+      waiting.every((id) => parkedSteps(id) > 0 || answered(id)) ? true : undefined,
+    );
+    await sleep(1100);
     // The trial after halfOpenAfter is a refusal: the service answered, so the breaker closes.
     const trial = await e.run(flakySaga, sampleOrder({ customerId: 'nobody' }));
     expect((await e.wait(trial.id, { timeoutMs: 10_000 })).state.status).toBe('compensated');
