@@ -119,7 +119,7 @@ export function projectionsTwoPhaseDashboard(): DashboardBuilder {
       timeseries({
         title: 'Transactions by outcome',
         description:
-          'Distributed transactions per second by outcome (committed, aborted, prepare_timeout).',
+          'Distributed transactions per second by outcome (committed, aborted, prepare_timeout, partial_commit: committed on some participants only, needs a person).',
         queries: [
           {
             expr: `sum by (outcome) (${rate('replikit_2pc_transactions_total')})`,
