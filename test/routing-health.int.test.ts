@@ -73,7 +73,7 @@ afterAll(async () => {
   await provider.shutdown();
 });
 
-describe('replication lag (DESIGN.md §3)', () => {
+describe('replication lag', () => {
   it('stays at 0 while the primary is idle, where now() - pg_last_xact_replay_timestamp() grows', async () => {
     await steadyWrites(300);
     await stack.waitForReplicas();

@@ -120,7 +120,7 @@ export interface EventStoreOptions {
   readonly poolSize?: number;
   /**
    * `idle_in_transaction_session_timeout` of the store's sessions. A transaction left open holds
-   * back every projection (DESIGN.md §5): the server ends one that sits idle this long. Default
+   * back every projection (docs/events.md): the server ends one that sits idle this long. Default
    * 60000 ms; 0 turns it off.
    */
   readonly idleInTransactionTimeoutMs?: number;
@@ -202,7 +202,7 @@ const APPEND_BATCH_MAX = 64;
 const APPEND_BATCHES_IN_FLIGHT = 1;
 
 /**
- * Creates an event store on PostgreSQL (DESIGN.md §5): streams with optimistic concurrency, one
+ * Creates an event store on PostgreSQL (docs/events.md): streams with optimistic concurrency, one
  * global order that readers never skip through, inline and asynchronous projections, upcasting
  * on read, and read-your-writes on read models.
  *

@@ -3,7 +3,7 @@
  * sequence number. Events are read and checkpointed in `(transactionId, position)` order, never
  * by `position` alone: a sequence number is taken at insert and becomes visible at commit, so a
  * reader going by `position` can pass one whose transaction commits later and miss it for good
- * (DESIGN.md §5). Comparing pairs is lexicographic.
+ * (docs/events.md). Comparing pairs is lexicographic.
  */
 export interface GlobalPosition {
   /** `pg_current_xact_id()` of the transaction that appended the event. */

@@ -16,7 +16,7 @@ export interface ProjectionWaitResult {
   /**
    * The primary's WAL insert position, read in the same statement that saw `checkpoint`
    * committed, so at or after that commit's record: a replica that has replayed it shows the
-   * read model at least as of `checkpoint` (DESIGN.md §1). `undefined` when not reached.
+   * read model at least as of `checkpoint` (docs/events.md). `undefined` when not reached.
    */
   readonly walLsn: Lsn | undefined;
   readonly waitedMs: number;

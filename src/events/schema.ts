@@ -18,7 +18,7 @@ export const EVENTS_CHANNEL = 'replikit_events';
  * `tx_id` is the appending transaction's `pg_current_xact_id()`: readers take only rows below the
  * horizon `pg_snapshot_xmin(pg_current_snapshot())`, in `(tx_id, position)` order, so a
  * transaction still open with an earlier position holds readers back instead of being skipped
- * (DESIGN.md §5). `replikit_append` does a whole append in one statement, so an append without
+ * (docs/events.md). `replikit_append` does a whole append in one statement, so an append without
  * inline projections is one round trip and never sits idle in a transaction.
  */
 export const EVENT_STORE_MIGRATIONS: readonly Migration[] = [

@@ -23,7 +23,7 @@ export type MessageHeaders = Readonly<Record<string, string>>;
 /**
  * Header holding the producer's consistency token (the same text form as the HTTP
  * `X-Consistency-Token` header), so that a consumer can read through the router what its
- * producer wrote (DESIGN.md §1: a token is portable).
+ * producer wrote (a token is portable: it names its cluster, not a server).
  */
 export const CONSISTENCY_TOKEN_HEADER = 'x-consistency-token';
 

@@ -61,7 +61,7 @@ interface QueueRow {
  *   of a topic nobody subscribes to go nowhere, as in any publish–subscribe system.
  * - **The queue is the state.** A group's pending messages are its queue rows; acknowledging deletes
  *   the row. Nothing reads "after position N", so a row whose insert commits late is still found:
- *   the commit-order gap (DESIGN.md §5) cannot skip a message.
+ *   the commit-order gap (docs/events.md) cannot skip a message.
  * - **Per-key order with many processes.** A process claims, in one transaction, the *head* of each
  *   key (its lowest `seq` still queued for the group) with `FOR UPDATE SKIP LOCKED`, handles the
  *   heads concurrently (they are of different keys), deletes the handled rows and commits. A

@@ -234,7 +234,7 @@ function isTerminal(state: SagaState): boolean {
 }
 
 /**
- * Creates a saga engine (DESIGN.md §4): it starts sagas, runs their steps, compensates, and
+ * Creates a saga engine (see docs/sagas.md): it starts sagas, runs their steps, compensates, and
  * resumes the sagas of processes that died. Run as many processes as you like on one saga log.
  *
  * ```ts

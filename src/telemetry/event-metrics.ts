@@ -29,7 +29,7 @@ function projectionLabel(
 }
 
 /**
- * Prometheus metrics of the event store and its projections (DESIGN.md §5, §7): appends by
+ * Prometheus metrics of the event store and its projections (docs/events.md, docs/observability.md): appends by
  * outcome; per projection the lag in events and in seconds and the append time of the last
  * event applied; and the age of the oldest transaction holding back the horizon.
  *

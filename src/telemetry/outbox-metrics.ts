@@ -22,7 +22,7 @@ export interface OutboxMetrics {
 }
 
 /**
- * Prometheus metrics of choreography messaging (DESIGN.md §4, §7): the outbox backlog per outbox
+ * Prometheus metrics of choreography messaging (docs/observability.md): the outbox backlog per outbox
  * (pending messages and the age of the oldest), messages published and publish failures, and per
  * consumer group the messages handled, the duplicates the inbox dropped, the retries and the
  * dead letters. Labels are outbox and group names, which the code fixes: never a message id or key.

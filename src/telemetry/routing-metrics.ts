@@ -35,7 +35,7 @@ function traceExemplar(): Record<string, string> | undefined {
 }
 
 /**
- * Prometheus metrics of read routing (DESIGN.md §7): lag per replica in seconds and bytes,
+ * Prometheus metrics of read routing (docs/observability.md): lag per replica in seconds and bytes,
  * replica up and rotation, reads by consistency, target and reason, waits with trace exemplars,
  * and commit-to-visible times seen by waits.
  *

@@ -14,7 +14,7 @@ export interface SagaMetrics {
 const STEP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /**
- * Prometheus metrics of sagas (DESIGN.md §4, §7): sagas by outcome, step latency, compensations,
+ * Prometheus metrics of sagas (docs/sagas.md, docs/observability.md): sagas by outcome, step latency, compensations,
  * lease takeovers, and gauges of sagas in flight and needing attention, counted in the saga log
  * (so every process reports the same numbers; aggregate them with `max`, not `sum`).
  *

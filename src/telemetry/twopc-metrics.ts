@@ -14,7 +14,7 @@ export interface TwoPhaseMetrics {
 const PHASE_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
 /**
- * Prometheus metrics of two-phase commit (DESIGN.md §6–7): transactions by outcome, time per
+ * Prometheus metrics of two-phase commit (docs/two-phase-commit.md, docs/observability.md): transactions by outcome, time per
  * phase, prepared transactions recovery could not settle, and the age of the oldest prepared
  * transaction per participant database (an orphan holds locks and holds back VACUUM).
  *
