@@ -58,6 +58,8 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   EVENTSTORE_CONCURRENCY: 409,
   EVENTSTORE_EVENT_ID_CONFLICT: 409,
   PROJECTION_STATE: 409,
+  // An Idempotency-Key sent again with a different request: nothing changed, the first stands.
+  IDEMPOTENCY_KEY_REUSED: 422,
   // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
   INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.
@@ -82,6 +84,9 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   // Committed on some participants only, settled by someone else against the decision: a person
   // must repair it, and sending the request again would not.
   TWOPC_PARTIAL_COMMIT: 500,
+  // Code that caught a failed statement inside a transaction: PostgreSQL rolled it all back.
+  // A bug of the server's code, never reported as success.
+  TRANSACTION_ROLLED_BACK: 500,
   SAGA_UNKNOWN: 500,
   SAGA_INVALID_DEFINITION: 500,
   EVENTSTORE_UPCASTER_INVALID: 500,

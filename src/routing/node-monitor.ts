@@ -24,6 +24,12 @@ export interface ReplicaSample {
   /** Whether the WAL receiver is streaming from the primary. */
   readonly streaming: boolean;
   readonly systemId: string | undefined;
+  /**
+   * The timeline the replica streams (`pg_stat_wal_receiver.received_tli`) while its WAL receiver
+   * runs, else the timeline of its latest restartpoint, which lags behind a timeline switch (so a
+   * replica may look diverged a little longer than it is, never the other way round).
+   */
+  readonly timeline?: number | undefined;
 }
 
 /** What one look at the primary showed. */
@@ -46,7 +52,11 @@ export interface PrimarySample {
  *   half the threshold (hysteresis);
  * - `down`: unreachable, timing out or failing; its circuit breaker is open;
  * - `promoted`: no longer in recovery, so no longer a replica of this primary;
- * - `foreign`: a replica of another cluster.
+ * - `foreign`: a replica of another cluster;
+ * - `diverged`: on another timeline than the primary (`timeline`, `primaryTimeline`) and past the
+ *   position where the primary's timeline forked off it (`forkLsn`), so it holds WAL the primary
+ *   never wrote and can never follow it (rebuild it); `forkLsn` is absent when the primary's
+ *   timeline history could not be read to prove that the replica can follow.
  */
 export type ReplicaHealth =
   | { readonly state: 'starting' }
@@ -54,7 +64,14 @@ export type ReplicaHealth =
   | { readonly state: 'lagging'; readonly since: number }
   | { readonly state: 'down'; readonly since: number; readonly error: string }
   | { readonly state: 'promoted'; readonly since: number }
-  | { readonly state: 'foreign'; readonly systemId: string };
+  | { readonly state: 'foreign'; readonly systemId: string }
+  | {
+      readonly state: 'diverged';
+      readonly since: number;
+      readonly timeline?: number;
+      readonly primaryTimeline: number;
+      readonly forkLsn?: string;
+    };
 
 /** Options shared by the monitors. */
 export interface MonitorOptions {
@@ -74,7 +91,9 @@ const REPLICA_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   pg_last_wal_receive_lsn()::text as receive_lsn,
   (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as last_replay_at,
   coalesce((select status = 'streaming' from pg_stat_wal_receiver), false) as streaming,
-  (select system_identifier::text from pg_control_system()) as system_id`;
+  (select system_identifier::text from pg_control_system()) as system_id,
+  coalesce((select received_tli from pg_stat_wal_receiver),
+    (select timeline_id from pg_control_checkpoint())) as timeline`;
 
 // While reads wait, only the replay position matters: the cheapest query that answers it.
 const REPLICA_POLL = 'select pg_last_wal_replay_lsn()::text as replay_lsn';
@@ -250,6 +269,7 @@ export class ReplicaMonitor {
             last_replay_at: number | null;
             streaming: boolean;
             system_id: string;
+            timeline: number | null;
           }>(REPLICA_SAMPLE),
         );
         if (row === undefined) throw new Error('the replica sample returned no row');
@@ -261,6 +281,7 @@ export class ReplicaMonitor {
           lastReplayAt: row.last_replay_at ?? undefined,
           streaming: row.streaming,
           systemId: row.system_id,
+          timeline: row.timeline ?? undefined,
         };
       } else {
         const row = await this.breaker.execute(() =>

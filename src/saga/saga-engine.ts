@@ -16,18 +16,24 @@ import {
   BrokenCircuitError,
   circuitBreaker,
   ConsecutiveBreaker,
-  handleAll,
+  handleWhen,
   noop,
   TaskCancelledError,
   timeout,
   TimeoutStrategy,
   wrap,
   type CircuitBreakerPolicy,
+  type IDisposable,
   type IPolicy,
 } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, inTransaction, type DatabaseConnection } from '../db/checkout.js';
+import {
+  checkout,
+  commitTransaction,
+  inTransaction,
+  type DatabaseConnection,
+} from '../db/checkout.js';
 import { GroupCommit } from '../db/group-commit.js';
 import { migrate } from '../db/migrate.js';
 import type {
@@ -42,6 +48,7 @@ import type {
 } from './define-saga.js';
 import { SagaError, StepRejected } from './saga-error.js';
 import { SettledSagas } from './settled-sagas.js';
+import { stepTransaction } from './step-transaction.js';
 import {
   claimSagas,
   countUnfinished,
@@ -115,11 +122,18 @@ export interface SagaObserver {
 
 /** A downstream service's circuit breaker, and how long a step waits when it is open. */
 export interface ServiceOptions {
+  /**
+   * Default: `circuitBreaker(handleWhen((err) => !(err instanceof StepRejected)), { halfOpenAfter:
+   * 5000, breaker: new ConsecutiveBreaker(5) })`. Build yours with the same `handleWhen`: a
+   * {@link StepRejected} is the service's answer, and a breaker that counted refusals as failures
+   * would let any client that sends refusable requests park everyone's steps.
+   */
   readonly breaker?: CircuitBreakerPolicy;
   /**
    * While the breaker is open, a step that calls the service is parked for this long (the next
    * attempt time is saved), without using up an attempt. Default: 5000 ms, the default breaker's
-   * `halfOpenAfter`; set it to your breaker's.
+   * `halfOpenAfter`; set it to your breaker's. Parked steps in this process also resume as soon
+   * as a call closes the breaker again.
    */
   readonly parkMs?: number;
 }
@@ -253,6 +267,9 @@ export class SagaEngine {
   readonly #inserts: GroupCommit<NewSaga, boolean>;
   readonly #checkpoints: GroupCommit<Checkpoint, boolean>;
   readonly #settled = new SettledSagas();
+  /** The service each parked saga waits for, so that the breaker closing wakes it. */
+  readonly #parkedOn = new WeakMap<Instance, string>();
+  readonly #breakerListeners: IDisposable[] = [];
   #reserved = 0;
   #timers: NodeJS.Timeout[] = [];
   #pollTimer: NodeJS.Timeout | undefined;
@@ -295,12 +312,18 @@ export class SagaEngine {
         entry = {
           breaker:
             configured?.breaker ??
-            circuitBreaker(handleAll, {
-              halfOpenAfter: 5000,
-              breaker: new ConsecutiveBreaker(5),
-            }),
+            // A refusal is an answer, not a failure of the service. cockatiel rethrows an error
+            // its policy does not handle without counting it, and a half-open trial that ends in
+            // one closes the breaker: refusals can neither open it nor keep it open.
+            circuitBreaker(
+              handleWhen((err) => !(err instanceof StepRejected)),
+              { halfOpenAfter: 5000, breaker: new ConsecutiveBreaker(5) },
+            ),
           parkMs: configured?.parkMs ?? 5000,
         };
+        this.#breakerListeners.push(
+          entry.breaker.onReset(() => queueMicrotask(() => this.#wakeParked(service))),
+        );
         breakers.set(service, entry);
       }
       return entry;
@@ -627,6 +650,7 @@ export class SagaEngine {
     if (this.#closing) return;
     this.#closing = true;
     for (const timer of this.#timers) clearInterval(timer);
+    for (const listener of this.#breakerListeners) listener.dispose();
     if (this.#pollTimer !== undefined) clearTimeout(this.#pollTimer);
     const deadline = Date.now() + (options.timeoutMs ?? 10_000);
     while ([...this.#instances.values()].some((i) => i.busy) && Date.now() < deadline) {
@@ -817,6 +841,7 @@ export class SagaEngine {
   /** Drives the instance in the background; every error is handled inside. */
   #start(instance: Instance): void {
     instance.timer = undefined;
+    this.#parkedOn.delete(instance);
     instance.busy = true;
     this.#drive(instance)
       .catch((err: unknown) => {
@@ -969,29 +994,49 @@ export class SagaEngine {
         let broken = false;
         try {
           await client.query('begin');
+          if (step.timeoutMs !== undefined) {
+            // The server's bound on each statement of the attempt: a statement still running when
+            // the attempt is abandoned stops within timeoutMs, releasing its locks for the retry.
+            await client.query(`select set_config('statement_timeout', $1, true)`, [
+              String(Math.min(Math.ceil(step.timeoutMs), 2_147_483_647)),
+            ]);
+          }
+          const { tx, revoke } = stepTransaction(client, step.name);
+          const code = { settled: false };
           let outcome: AttemptOutcome;
           try {
-            const output = await policy.execute(
-              ({ signal }) =>
-                phase === 'run'
-                  ? step.run({ ...base, signal }, client)
+            const output = await policy.execute(async ({ signal }) => {
+              try {
+                return await (phase === 'run'
+                  ? step.run({ ...base, signal }, tx)
                   : (step.compensate as NonNullable<typeof step.compensate>)(
                       compensation(signal),
-                      client,
-                    ),
-              instance.controller.signal,
-            );
+                      tx,
+                    ));
+              } finally {
+                code.settled = true;
+              }
+            }, instance.controller.signal);
             outcome = { kind: 'completed', output: output ?? null };
           } catch (err) {
             outcome = this.#classify(err, step, parkMs);
+          } finally {
+            revoke();
+          }
+          if (!code.settled) {
+            // Abandoned (timed out, or the lease was lost) while its code still runs: a query it
+            // has in flight must not commit and the connection must serve nobody else. Closing
+            // the connection ends the transaction without waiting for that query.
+            broken = true;
+            release(true);
           }
           if (instance.controller.signal.aborted) {
-            await client.query('rollback');
+            if (!broken) await client.query('rollback');
             span.end();
             return undefined;
           }
           if (outcome.kind !== 'completed') {
-            await client.query('rollback');
+            if (!broken) await client.query('rollback');
             report(outcome);
             const next = transition(definition, instance.state, action, outcome);
             await this.#commit(instance, next);
@@ -1002,8 +1047,10 @@ export class SagaEngine {
           await this.#commit(instance, next, client);
           return next;
         } catch (err) {
-          broken = !(err instanceof Fenced);
-          await client.query('rollback').catch(() => undefined);
+          if (!broken) {
+            broken = !(err instanceof Fenced);
+            await client.query('rollback').catch(() => undefined);
+          }
           throw err;
         } finally {
           release(broken);
@@ -1024,6 +1071,8 @@ export class SagaEngine {
       } catch (err) {
         outcome = this.#classify(err, step, parkMs);
       }
+      if (outcome.kind === 'circuit_open' && step.service !== undefined)
+        this.#parkedOn.set(instance, step.service);
       if (instance.controller.signal.aborted) {
         span.end();
         return undefined;
@@ -1090,7 +1139,7 @@ export class SagaEngine {
           await client.query('rollback');
           throw new Fenced();
         }
-        await client.query('commit');
+        await commitTransaction(client);
       } catch (err) {
         if (own !== undefined) await client.query('rollback').catch(() => undefined);
         throw err;
@@ -1100,6 +1149,21 @@ export class SagaEngine {
     }
     instance.state = next.state;
     instance.leaseUntil = Date.now() + this.#leaseMs + next.delayMs;
+  }
+
+  /**
+   * A call through `service`'s breaker closed it (a half-open trial the service answered): the
+   * steps parked on it here run now instead of at the end of their park.
+   */
+  #wakeParked(service: string): void {
+    if (this.#closing) return;
+    for (const instance of this.#instances.values()) {
+      // A saga still writing its park checkpoint has no timer yet: it waits out its park.
+      if (this.#parkedOn.get(instance) !== service || instance.busy || instance.timer === undefined)
+        continue;
+      clearTimeout(instance.timer);
+      this.#start(instance);
+    }
   }
 
   /** The saga finished or waits for a person: report it and let it go. */

@@ -19,6 +19,11 @@ export type SagaErrorCode =
   | 'SAGA_PIVOT_IN_DOUBT'
   /** A checkpoint was refused: another process holds the saga's lease now (its epoch moved on). */
   | 'SAGA_FENCED'
+  /**
+   * A local step's code queried its transaction after the engine abandoned the attempt (it timed
+   * out, or the saga's lease was lost): the transaction was rolled back and the query refused.
+   */
+  | 'SAGA_STEP_ABANDONED'
   | 'SAGA_CLOSED';
 
 /** An error of the saga engine. */

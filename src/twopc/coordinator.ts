@@ -2,7 +2,12 @@ import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/ap
 import { ExponentialBackoff, handleAll, handleWhen, retry } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, inTransaction, type DatabaseConnection } from '../db/checkout.js';
+import {
+  checkout,
+  commitTransaction,
+  inTransaction,
+  type DatabaseConnection,
+} from '../db/checkout.js';
 import { formatGid, isGidName, newStoreId, newTransactionId, parseGid } from './gid.js';
 import { TwoPhaseError } from './twopc-error.js';
 import { errorMessage, sqlState } from '../errors.js';
@@ -572,10 +577,20 @@ export class Coordinator {
           async (span) => {
             try {
               // One round trip: a simple query may hold several statements, and answers each.
-              const [id] = (await entry.client.query(
-                `select pg_current_xact_id()::text as xid; prepare transaction ${literal(this.#gid(store, transaction, participant))}`,
-              )) as unknown as [pg.QueryResult<{ xid: string }>, pg.QueryResult];
-              entry.xid = id.rows[0]?.xid;
+              // PREPARE of a transaction aborted by a statement the work caught answers ROLLBACK.
+              const gid = this.#gid(store, transaction, participant);
+              await commitTransaction(
+                {
+                  query: async (prepare) => {
+                    const [id, prepared] = (await entry.client.query(
+                      `select pg_current_xact_id()::text as xid; ${prepare}`,
+                    )) as unknown as [pg.QueryResult<{ xid: string }>, pg.QueryResult];
+                    entry.xid = id.rows[0]?.xid;
+                    return prepared;
+                  },
+                },
+                `prepare transaction ${literal(gid)}`,
+              );
               entry.prepared = true;
             } catch (err) {
               span.recordException(err as Error);
@@ -886,7 +901,7 @@ export class Coordinator {
         await client.query('rollback');
         return 'gone';
       }
-      await client.query('commit');
+      await commitTransaction(client);
       return commit ? 'committed' : 'rolled_back';
     } catch (err) {
       broken = true;
