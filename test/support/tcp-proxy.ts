@@ -3,15 +3,18 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 /**
  * A TCP proxy in front of a server, to cut it off the way a network would: `stall()` stops
  * forwarding on open connections (a hung peer), `block()` drops every connection and refuses new
- * ones (a peer that is down), `resume()` puts things back.
+ * ones (a peer that is down), `resume()` puts things back. `retarget()` moves it to another
+ * server, as a load balancer in front of the primary does after a failover.
  */
 export class TcpProxy {
   readonly #server: Server;
   readonly #pairs = new Set<[Socket, Socket]>();
   #mode: 'open' | 'stalled' | 'blocked' = 'open';
+  #targetPort: number;
 
   private constructor(targetPort: number) {
-    this.#server = createServer((client) => this.#accept(client, targetPort));
+    this.#targetPort = targetPort;
+    this.#server = createServer((client) => this.#accept(client, this.#targetPort));
   }
 
   static async start(targetPort: number): Promise<TcpProxy> {
@@ -53,6 +56,18 @@ export class TcpProxy {
     for (const [client, server] of this.#pairs) {
       client.resume();
       server.resume();
+    }
+  }
+
+  /**
+   * Sends new connections to `targetPort` and drops the open ones: they belong to the old server,
+   * and a client must notice that, not keep talking to it.
+   */
+  retarget(targetPort: number): void {
+    this.#targetPort = targetPort;
+    for (const [client, server] of this.#pairs) {
+      client.destroy();
+      server.destroy();
     }
   }
 
