@@ -554,10 +554,18 @@ export class LocalStack {
             pending.delete(other);
             continue;
           }
-          const [row] = await this.query<{ replay: string | null }>(
+          // A replica that has already received WAL of the new timeline switched to it: the
+          // new primary's WAL past the fork that it replays is no sign of divergence (it may not
+          // show in pg_stat_replication yet when it catches up quickly).
+          const [row] = await this.query<{ replay: string | null; tli: number | null }>(
             other,
-            'select pg_last_wal_replay_lsn()::text as replay',
+            `select pg_last_wal_replay_lsn()::text as replay,
+                    (select received_tli from pg_stat_wal_receiver) as tli`,
           );
+          if (row?.tli === timeline) {
+            pending.delete(other);
+            continue;
+          }
           const replay = parseLsn(row?.replay ?? '');
           if (replay !== undefined && replay > switchLsn) {
             this.#log(
