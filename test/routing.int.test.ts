@@ -30,13 +30,19 @@ async function bump(id: number): Promise<{ version: number; token: ConsistencyTo
   return { version: rows[0]!.version, token };
 }
 
-async function readVersion(id: number, consistency: Consistency, token?: ConsistencyToken) {
+async function readVersion(
+  id: number,
+  consistency: Consistency,
+  token?: ConsistencyToken,
+  waitTimeoutMs?: number,
+) {
   const result = await cluster.read<{ version: number }>(
     'select version from counters where id = $1',
     [id],
     {
       consistency,
       ...(token === undefined ? {} : { token }),
+      ...(waitTimeoutMs === undefined ? {} : { waitTimeoutMs }),
     },
   );
   return { version: result.rows[0]!.version, servedBy: result.servedBy, reason: result.reason };
@@ -246,6 +252,26 @@ describe('monotonic reads', () => {
     reading = false;
     await writer;
     expect(eventualBackwards).toBeGreaterThan(0);
+  });
+
+  it('after one served by the primary, are served by replicas across a WAL segment switch on an idle primary', async () => {
+    await withSession(newSession(), async () => {
+      // A monotonic read the primary answers: no replica has the session's write yet.
+      await stack.pauseReplay('replica1');
+      await stack.pauseReplay('replica2');
+      await bump(43);
+      await stack.query('primary', 'select pg_switch_wal()');
+      const first = await readVersion(43, { level: 'monotonic' }, undefined, 100);
+      expect(first.servedBy).toBe('primary');
+
+      // The primary stays idle; the replicas replay everything it wrote, up to the segment end.
+      await stack.resumeReplay('replica1');
+      await stack.resumeReplay('replica2');
+      await stack.waitForReplicas();
+      const second = await readVersion(43, { level: 'monotonic' }, undefined, 1000);
+      expect(second.servedBy).toMatch(/^replica[12]$/);
+      expect(second.version).toBeGreaterThanOrEqual(first.version);
+    });
   });
 });
 

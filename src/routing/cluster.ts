@@ -638,7 +638,17 @@ export class Cluster {
       const position =
         replica === undefined ? 'pg_current_wal_insert_lsn()' : 'pg_last_wal_replay_lsn()';
       const { rows } = await client.query<{ lsn: string }>(`select ${position}::text as lsn`);
-      return { result, seen: parseLsn(rows[0]?.lsn ?? '') };
+      const seen = parseLsn(rows[0]?.lsn ?? '');
+      // A raw insert position can sit past a page header no replica ever stops at: rounded, a
+      // caught-up replica can prove it (docs/routing.md, monotonic reads).
+      const walBlockSize = this.#primaryMonitor.sample?.walBlockSize;
+      return {
+        result,
+        seen:
+          seen === undefined || replica !== undefined || walBlockSize === undefined
+            ? seen
+            : normalizeInsertLsn(seen, walBlockSize),
+      };
     });
   }
 
