@@ -82,7 +82,10 @@ export interface ReadResult<R> {
   /** `primary` or the replica's name. */
   readonly servedBy: string;
   readonly reason: RouteReason;
-  /** The session's token after this read (with `seen` advanced for monotonic reads). */
+  /**
+   * The session's token after this read: `seen` advanced for a monotonic read and for any read in
+   * a session or given a token.
+   */
   readonly token: ConsistencyToken | undefined;
 }
 
@@ -300,6 +303,11 @@ export class Cluster {
       DEFAULT_CONSISTENCY;
     const token = mergeTokens(session?.token, options.token);
     const started = performance.now();
+    // Every read in a session (or given a token) remembers what it saw, so that a later monotonic
+    // read does not go back in time, whatever level this one was read at. It costs one more
+    // query on the read's connection; a read nobody can follow up on skips it.
+    const trackSeen =
+      consistency.level === 'monotonic' || session !== undefined || options.token !== undefined;
     return this.#tracer.startActiveSpan(
       'replikit.read',
       { kind: SpanKind.INTERNAL, attributes: { 'replikit.consistency': consistency.level } },
@@ -316,12 +324,7 @@ export class Cluster {
           let result: pg.QueryResult<R>;
           let seen: Lsn | undefined;
           try {
-            ({ result, seen } = await this.#run<R>(
-              route.node,
-              sql,
-              params,
-              consistency.level === 'monotonic',
-            ));
+            ({ result, seen } = await this.#run<R>(route.node, sql, params, trackSeen));
           } catch (err) {
             if (route.node === 'primary' || !isConnectionError(err)) throw err;
             // A replica that died or cancelled the read for a recovery conflict: reads have no
@@ -337,17 +340,20 @@ export class Cluster {
             // Let the monitor look now rather than at its next interval.
             this.#replicas.find((replica) => replica.name === route.node)?.monitor.wake();
             route = { node: 'primary', reason: 'replica_error' };
-            ({ result, seen } = await this.#run<R>(
-              'primary',
-              sql,
-              params,
-              consistency.level === 'monotonic',
-            ));
+            ({ result, seen } = await this.#run<R>('primary', sql, params, trackSeen));
           }
           let newToken = token;
-          if (seen !== undefined && newToken !== undefined && !(session?.tokenUntrusted ?? false)) {
-            newToken = { ...newToken, seen: maxLsn(newToken.seen, seen) };
-          } else if (seen !== undefined && newToken === undefined) {
+          const primary = this.#primaryMonitor.sample;
+          if (seen !== undefined && newToken !== undefined) {
+            // A position means something only on the token's own cluster and timeline.
+            if (
+              !(session?.tokenUntrusted ?? false) &&
+              primary !== undefined &&
+              newToken.systemId === primary.systemId &&
+              newToken.timeline === primary.timeline
+            )
+              newToken = { ...newToken, seen: maxLsn(newToken.seen, seen) };
+          } else if (seen !== undefined && primary !== undefined) {
             newToken = this.#tokenAt(0n, seen);
           }
           if (session !== undefined) {
@@ -483,7 +489,10 @@ export class Cluster {
       }
       const required = requiredPosition(token, consistency.level === 'monotonic');
       await this.#assertNotAhead(required);
-      return this.#routeToPosition(required, options, span);
+      // A wait for the write itself measures how long it took to become visible; one for a
+      // position a read saw later does not.
+      const writtenAt = required === token.written ? token.writtenAt : undefined;
+      return this.#routeToPosition(required, options, span, writtenAt);
     }
 
     if (consistency.level === 'read-your-writes' || consistency.level === 'monotonic') {
@@ -520,8 +529,16 @@ export class Cluster {
       : { node: replica.name, reason: 'any_replica' };
   }
 
-  /** A replica that has replayed `required`, waiting a bounded time for one if none has yet. */
-  async #routeToPosition(required: Lsn, options: ReadOptions, span: Span): Promise<Route> {
+  /**
+   * A replica that has replayed `required`, waiting a bounded time for one if none has yet.
+   * `writtenAt`: when `required` is the end of a write, the write's time (for its visibility).
+   */
+  async #routeToPosition(
+    required: Lsn,
+    options: ReadOptions,
+    span: Span,
+    writtenAt?: number,
+  ): Promise<Route> {
     const usable = this.#usable();
     if (usable.length === 0) return this.#noReplica();
     const caughtUp = this.#pick(
@@ -565,7 +582,6 @@ export class Cluster {
       },
     );
     const waitedMs = performance.now() - started;
-    const writtenAt = currentSession()?.token?.writtenAt ?? options.token?.writtenAt;
     this.#observe(() =>
       this.#options.observer?.onWait?.({
         replica,
