@@ -1,3 +1,7 @@
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import {
@@ -11,8 +15,10 @@ import {
   type ReadEvent,
   type WaitEvent,
 } from '../src/routing/index.js';
-import type { LocalStack } from '../src/stack/index.js';
+import { parseLsn } from '../src/routing/lsn.js';
+import { LocalStack } from '../src/stack/index.js';
 import { createTestDatabase, eventually, testStack, type TestDatabase } from './support/stack.js';
+import { TcpProxy } from './support/tcp-proxy.js';
 
 let stack: LocalStack;
 let db: TestDatabase;
@@ -397,5 +403,65 @@ describe('bounded staleness and rotation', () => {
     const replica1 = cluster.replicaStatus().find((replica) => replica.name === 'replica1')!;
     expect(replica1.up).toBe(false);
     expect(replica1.lagSeconds).toBeGreaterThan(0);
+  });
+});
+
+describe('a position belongs to the server it was read from', () => {
+  it('forgets the old primary position after a failover to a primary that is behind it', async () => {
+    // A stack of its own: a failover here would break every other test's stack.
+    const dir = await mkdtemp(join(tmpdir(), 'replikit-failover-'));
+    const own = await LocalStack.start({ dir, replicas: 1 });
+    const proxy = await TcpProxy.start(own.primary.port);
+    const failing = createCluster({ primary: proxy.url('postgres'), replicas: {} });
+    try {
+      await failing.ready();
+      // The replica stops; the primary writes on, far past it.
+      await own.stopNode('replica1');
+      await own.query(
+        'primary',
+        'create table filler as select g from generate_series(1, 20000) g',
+      );
+      const old = failing.primaryStatus()!;
+      await eventually(async () => {
+        await failing.write('select 1');
+        return failing.primaryStatus()!.insertLsn !== old.insertLsn ? true : undefined;
+      });
+      const before = parseLsn(failing.primaryStatus()!.insertLsn)!;
+
+      // Failover: the old primary dies, the replica is promoted and the address points at it.
+      await own.killNode('primary');
+      await own.startNode('replica1');
+      await own.query('replica1', 'select pg_promote(true, 60)');
+      proxy.retarget(own.node('replica1').port);
+      const after = await eventually(() => {
+        const status = failing.primaryStatus();
+        return status !== undefined && status.timeline !== old.timeline ? status : undefined;
+      });
+      const [current] = await own.query<{ lsn: string }>(
+        'replica1',
+        'select pg_current_wal_insert_lsn()::text as lsn',
+      );
+      const actual = parseLsn(current!.lsn)!;
+      expect(actual).toBeLessThan(before);
+      expect(parseLsn(after.insertLsn)!).toBeLessThanOrEqual(actual);
+
+      // A token of the new timeline beyond the new primary's position is refused, not waited on.
+      const forged: ConsistencyToken = {
+        systemId: after.systemId,
+        timeline: after.timeline,
+        written: actual + (before - actual) / 2n,
+        seen: 0n,
+        writtenAt: Date.now(),
+      };
+      const failure = await failing
+        .read('select 1', [], { token: forged, waitTimeoutMs: 100 })
+        .catch((err: unknown) => err);
+      expect(failure).toBeInstanceOf(RoutingError);
+      expect((failure as RoutingError).code).toBe('TOKEN_AHEAD');
+    } finally {
+      await failing.close();
+      await proxy.close();
+      await own.purge();
+    }
   });
 });

@@ -17,6 +17,7 @@ import { LsnWaiter } from './lsn-waiter.js';
 import {
   PrimaryMonitor,
   ReplicaMonitor,
+  samePrimary,
   type MonitorOptions,
   type PrimarySample,
   type ReplicaHealth,
@@ -181,7 +182,9 @@ export class Cluster {
   readonly primary: pg.Pool;
   readonly #replicas: ReplicaEntry[];
   readonly #primaryMonitor: PrimaryMonitor;
-  readonly #lag = new LagEstimator();
+  /** Positions of the primary over time; replaced when the primary's identity changes. */
+  #lag = new LagEstimator();
+  #lagOf: PrimarySample | undefined;
   readonly #waiter = new LsnWaiter();
   readonly #options: ClusterOptions;
   readonly #tracer: Tracer;
@@ -745,6 +748,11 @@ export class Cluster {
   }
 
   #onPrimarySample(sample: PrimarySample): void {
+    // Positions of another server, a restarted one or an earlier timeline say nothing about this
+    // one's: start the history again.
+    if (this.#lagOf !== undefined && !samePrimary(this.#lagOf, sample))
+      this.#lag = new LagEstimator();
+    this.#lagOf = sample;
     // The raw insert position of an idle primary whose last record ended on a page boundary is
     // past the next page's header, where no replay position ever stops: caught-up replicas would
     // show a lag that grows for as long as the primary stays idle.

@@ -34,7 +34,53 @@ export interface PrimarySample {
   readonly insertLsn: Lsn;
   readonly systemId: string;
   readonly timeline: number;
+  /** `pg_postmaster_start_time()` in seconds since the epoch, as text: changes at every restart. */
+  readonly startedAt: string;
   readonly walBlockSize: number;
+}
+
+/**
+ * The server a position was read from. Positions only move forward on one running server: a
+ * restart (it may come back from an older backup, or replay from an earlier restart point) or
+ * another server behind the same address makes a cached position mean nothing.
+ */
+export interface ServerIdentity {
+  readonly systemId: string | undefined;
+  readonly startedAt: string | undefined;
+}
+
+/** Whether two identities name the same running server; an unknown one names none. */
+export function sameServer(a: ServerIdentity, b: ServerIdentity): boolean {
+  return (
+    a.systemId !== undefined &&
+    a.startedAt !== undefined &&
+    a.systemId === b.systemId &&
+    a.startedAt === b.startedAt
+  );
+}
+
+/** Whether two primary samples come from the same server on the same timeline. */
+export function samePrimary(a: PrimarySample, b: PrimarySample): boolean {
+  return sameServer(a, b) && a.timeline === b.timeline;
+}
+
+/**
+ * The primary sample to keep once `fresh` arrives. On the same server and timeline the position
+ * never goes down: one observed after a commit may be newer than the sample. Another server, a
+ * restart or a new timeline (a failover) replaces everything, even with a lower position: the
+ * old one was another server's.
+ */
+export function nextPrimarySample(
+  previous: PrimarySample | undefined,
+  fresh: PrimarySample,
+): PrimarySample {
+  if (
+    previous === undefined ||
+    !samePrimary(previous, fresh) ||
+    fresh.insertLsn >= previous.insertLsn
+  )
+    return fresh;
+  return { ...fresh, insertLsn: previous.insertLsn };
 }
 
 /**
@@ -83,7 +129,8 @@ const PRIMARY_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   pg_current_wal_insert_lsn()::text as insert_lsn,
   (select system_identifier::text from pg_control_system()) as system_id,
   ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int as timeline,
-  current_setting('wal_block_size')::int as wal_block_size`;
+  current_setting('wal_block_size')::int as wal_block_size,
+  extract(epoch from pg_postmaster_start_time())::text as started_at`;
 
 /** One connection of its own to a node, re-opened after a failure. */
 class MonitorConnection {
@@ -359,24 +406,21 @@ export class PrimaryMonitor {
         system_id: string;
         timeline: number;
         wal_block_size: number;
+        started_at: string;
       }>(PRIMARY_SAMPLE);
       const insertLsn = row === undefined ? undefined : parseLsn(row.insert_lsn);
       if (row === undefined || insertLsn === undefined) {
         throw new Error('the primary sample returned no position');
       }
-      const previous = this.#sample;
-      // A position observed after a commit may be newer than this sample: keep the newest.
-      const sample: PrimarySample = {
+      const sample = nextPrimarySample(this.#sample, {
         at: Date.now(),
         inRecovery: row.in_recovery,
-        insertLsn:
-          previous === undefined || insertLsn >= previous.insertLsn
-            ? insertLsn
-            : previous.insertLsn,
+        insertLsn,
         systemId: row.system_id,
         timeline: row.timeline,
+        startedAt: row.started_at,
         walBlockSize: row.wal_block_size,
-      };
+      });
       this.#sample = sample;
       this.#lastError = undefined;
       this.#onSample(sample);

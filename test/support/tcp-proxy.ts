@@ -3,15 +3,18 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 /**
  * A TCP proxy in front of a server, to cut it off the way a network would: `stall()` stops
  * forwarding on open connections (a hung peer), `block()` drops every connection and refuses new
- * ones (a peer that is down), `resume()` puts things back.
+ * ones (a peer that is down), `resume()` puts things back. `retarget()` sends new connections to
+ * another server, as a DNS name or a load balancer does after a change.
  */
 export class TcpProxy {
   readonly #server: Server;
   readonly #pairs = new Set<[Socket, Socket]>();
   #mode: 'open' | 'stalled' | 'blocked' = 'open';
+  #targetPort: number;
 
   private constructor(targetPort: number) {
-    this.#server = createServer((client) => this.#accept(client, targetPort));
+    this.#targetPort = targetPort;
+    this.#server = createServer((client) => this.#accept(client, this.#targetPort));
   }
 
   static async start(targetPort: number): Promise<TcpProxy> {
@@ -30,6 +33,11 @@ export class TcpProxy {
   /** The URL of `database` through this proxy. */
   url(database: string): string {
     return `postgres://postgres@127.0.0.1:${this.port}/${database}`;
+  }
+
+  /** Sends connections opened from now on to `port`; open ones stay where they are. */
+  retarget(port: number): void {
+    this.#targetPort = port;
   }
 
   stall(): void {
