@@ -407,6 +407,64 @@ describe('bounded staleness and rotation', () => {
 });
 
 describe('a position belongs to the server it was read from', () => {
+  it('does not prove a read on another server behind the same address', async () => {
+    // One replica address, as behind DNS or a load balancer: the monitor's connection reaches
+    // replica2; the read pool's connections, opened later, reach replica1, whose replay is paused.
+    const proxy = await TcpProxy.start(stack.node('replica2').port);
+    const behind = createCluster({ primary: db.primaryUrl, replicas: { r: proxy.url(db.name) } });
+    try {
+      await behind.ready();
+      proxy.retarget(stack.node('replica1').port);
+      await stack.pauseReplay('replica1');
+      const { rows, token } = await behind.write<{ version: number }>(
+        'update counters set version = version + 1 where id = 44 returning version',
+      );
+      const read = await behind.read<{ version: number }>(
+        'select version from counters where id = 44',
+        [],
+        { token },
+      );
+      expect(read.rows[0]!.version).toBe(rows[0]!.version);
+      expect(read).toMatchObject({ servedBy: 'primary', reason: 'server_changed' });
+    } finally {
+      await behind.close();
+      await proxy.close();
+    }
+  });
+
+  it('does not prove a read on a replica restarted since its position was sampled', async () => {
+    // A monitor that will not look again for a minute: its cached position is from before the
+    // restart, and only the read's own connection can tell that the server changed. (A restarted
+    // server may come back behind that position, from a backup or an earlier restart point.)
+    const restarted = createCluster({
+      primary: db.primaryUrl,
+      replicas: { r: db.replicaUrls['replica2']! },
+      monitorIntervalMs: 60_000,
+    });
+    const read = () =>
+      restarted.read('select 1', [], { consistency: { level: 'read-your-writes' } });
+    try {
+      await restarted.ready();
+      await stack.restartNode('replica2');
+      expect(await read()).toMatchObject({ servedBy: 'primary', reason: 'server_changed' });
+      // The failed check made the monitor look again: the restarted server's own position then
+      // proves reads there.
+      const again = await eventually(async () => {
+        const result = await read();
+        return result.servedBy === 'r' ? result : undefined;
+      });
+      expect(again.reason).toBe('caught_up');
+    } finally {
+      await restarted.close();
+      // The file's shared cluster saw replica2 go away: let it take it back before other tests.
+      await eventually(() =>
+        cluster.replicaStatus().every((replica) => replica.health.state === 'healthy')
+          ? true
+          : undefined,
+      );
+    }
+  });
+
   it('forgets the old primary position after a failover to a primary that is behind it', async () => {
     // A stack of its own: a failover here would break every other test's stack.
     const dir = await mkdtemp(join(tmpdir(), 'replikit-failover-'));

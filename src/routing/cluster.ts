@@ -17,10 +17,13 @@ import { LsnWaiter } from './lsn-waiter.js';
 import {
   PrimaryMonitor,
   ReplicaMonitor,
+  SERVER_IDENTITY,
+  sameServer,
   samePrimary,
   type MonitorOptions,
   type PrimarySample,
   type ReplicaHealth,
+  type ServerIdentity,
 } from './node-monitor.js';
 import { RoutingError } from './routing-error.js';
 import type { RouteReason, RoutingObserver } from './routing-observer.js';
@@ -119,6 +122,8 @@ export interface ReplicaStatus {
 interface Route {
   readonly node: string;
   readonly reason: RouteReason;
+  /** The server whose cached position chose this replica; the read must reach that one. */
+  readonly provenOn?: ServerIdentity;
 }
 
 interface ReplicaEntry {
@@ -142,6 +147,22 @@ function poolConfig(connection: NodeConnection, max: number, role: string): pg.P
 
 function clientConfig(connection: NodeConnection): pg.ClientConfig {
   return typeof connection === 'string' ? { connectionString: connection } : connection;
+}
+
+/** Which server each pooled connection reached, asked once per connection. */
+const identities = new WeakMap<pg.PoolClient, Promise<ServerIdentity>>();
+
+function identityOf(client: pg.PoolClient): Promise<ServerIdentity> {
+  let identity = identities.get(client);
+  if (identity === undefined) {
+    identity = client
+      .query<{ system_id: string; started_at: string }>(SERVER_IDENTITY)
+      .then(({ rows }) => ({ systemId: rows[0]?.system_id, startedAt: rows[0]?.started_at }));
+    // A failed query is not an identity: ask again on the next checkout.
+    identity.catch(() => identities.delete(client));
+    identities.set(client, identity);
+  }
+  return identity;
 }
 
 /** Runs `fn` on a client checked out of `pool`; one that failed on its connection is discarded. */
@@ -324,10 +345,9 @@ export class Cluster {
               formatLsn(requiredPosition(token, consistency.level === 'monotonic')),
             );
           let route = await this.#route(consistency, token, options, span);
-          let result: pg.QueryResult<R>;
-          let seen: Lsn | undefined;
+          let ran: { result: pg.QueryResult<R>; seen: Lsn | undefined } | undefined;
           try {
-            ({ result, seen } = await this.#run<R>(route.node, sql, params, trackSeen));
+            ran = await this.#run<R>(route, sql, params, trackSeen);
           } catch (err) {
             if (route.node === 'primary' || !isConnectionError(err)) throw err;
             // A replica that died or cancelled the read for a recovery conflict: reads have no
@@ -343,8 +363,18 @@ export class Cluster {
             // Let the monitor look now rather than at its next interval.
             this.#replicas.find((replica) => replica.name === route.node)?.monitor.wake();
             route = { node: 'primary', reason: 'replica_error' };
-            ({ result, seen } = await this.#run<R>('primary', sql, params, trackSeen));
+            ran = await this.#run<R>(route, sql, params, trackSeen);
           }
+          if (ran === undefined) {
+            // The read's connection reached another server than the one whose position chose
+            // the replica (another server behind the same address, or a restart): the proof
+            // does not hold there.
+            span.addEvent('replikit.fallback', { 'replikit.fallback.from': route.node });
+            this.#replicas.find((replica) => replica.name === route.node)?.monitor.wake();
+            route = { node: 'primary', reason: 'server_changed' };
+            ran = (await this.#run<R>(route, sql, params, trackSeen))!;
+          }
+          const { result, seen } = ran;
           let newToken = token;
           const primary = this.#primaryMonitor.sample;
           if (seen !== undefined && newToken !== undefined) {
@@ -523,7 +553,7 @@ export class Cluster {
       const replica = this.#pick(within);
       return replica === undefined
         ? { node: 'primary', reason: 'too_stale' }
-        : { node: replica.name, reason: 'within_bound' };
+        : { node: replica.name, reason: 'within_bound', provenOn: replica.monitor.sample };
     }
 
     const replica = this.#pick(this.#inRotation());
@@ -550,7 +580,7 @@ export class Cluster {
     if (caughtUp !== undefined) {
       if (span.isRecording())
         span.setAttribute('replikit.replica.lsn', formatLsn(caughtUp.monitor.sample!.replayLsn!));
-      return { node: caughtUp.name, reason: 'caught_up' };
+      return { node: caughtUp.name, reason: 'caught_up', provenOn: caughtUp.monitor.sample };
     }
 
     const timeoutMs = options.waitTimeoutMs ?? this.#options.waitTimeoutMs ?? 1000;
@@ -600,7 +630,12 @@ export class Cluster {
       const entry = this.#replicas.find((candidate) => candidate.name === replica);
       if (entry?.monitor.sample?.replayLsn !== undefined)
         span.setAttribute('replikit.replica.lsn', formatLsn(entry.monitor.sample.replayLsn));
-      return { node: replica, reason: 'waited' };
+      return {
+        node: replica,
+        reason: 'waited',
+        // No sample is no identity: the check on the read's connection then fails safe.
+        provenOn: entry?.monitor.sample ?? { systemId: undefined, startedAt: undefined },
+      };
     }
     const expectedWaitMs = this.#expectedWaitMs();
     if (onTimeout === 'error') {
@@ -640,19 +675,31 @@ export class Cluster {
     }
   }
 
+  /**
+   * Runs the read where `route` says; with `trackSeen`, also an upper bound of the position its
+   * snapshot showed. `undefined` when the route rests on a replica's cached position and the
+   * read's connection reached another server than the one that position came from.
+   */
   async #run<R extends pg.QueryResultRow>(
-    node: string,
+    route: Route,
     sql: string,
     params: readonly unknown[],
     trackSeen: boolean,
-  ): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined }> {
+  ): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined } | undefined> {
     const replica =
-      node === 'primary' ? undefined : this.#replicas.find((entry) => entry.name === node);
+      route.node === 'primary'
+        ? undefined
+        : this.#replicas.find((entry) => entry.name === route.node);
     const pool = replica?.pool ?? this.primary;
-    if (!trackSeen)
+    const provenOn = replica === undefined ? undefined : route.provenOn;
+    if (!trackSeen && provenOn === undefined)
       return { result: await pool.query<R>(sql, params as unknown[]), seen: undefined };
     return withClient(pool, async (client) => {
+      // Checked before the read's statement, like the position itself (asked once per connection).
+      if (provenOn !== undefined && !sameServer(await identityOf(client), provenOn))
+        return undefined;
       const result = await client.query<R>(sql, params as unknown[]);
+      if (!trackSeen) return { result, seen: undefined };
       // An upper bound of what the read's snapshot showed: asked after the read finished.
       const position =
         replica === undefined ? 'pg_current_wal_insert_lsn()' : 'pg_last_wal_replay_lsn()';
@@ -673,11 +720,15 @@ export class Cluster {
 
   /** The token for everything committed on `client` so far; merged into the session's. */
   async #tokenAfterCommit(client: pg.PoolClient): Promise<ConsistencyToken> {
+    const identity = await identityOf(client);
     const { rows } = await client.query<{ lsn: string }>(
       'select pg_current_wal_insert_lsn()::text as lsn',
     );
     const position = parseLsn(rows[0]?.lsn ?? '') ?? 0n;
-    this.#primaryMonitor.observe(position);
+    // Only a position of the server the monitor samples may join its samples.
+    const primary = this.#primaryMonitor.sample;
+    if (primary !== undefined && sameServer(identity, primary))
+      this.#primaryMonitor.observe(position);
     const token = this.#tokenAt(position);
     recordToken(token);
     return token;

@@ -24,6 +24,8 @@ export interface ReplicaSample {
   /** Whether the WAL receiver is streaming from the primary. */
   readonly streaming: boolean;
   readonly systemId: string | undefined;
+  /** `pg_postmaster_start_time()` in seconds since the epoch, as text: changes at every restart. */
+  readonly startedAt: string | undefined;
 }
 
 /** What one look at the primary showed. */
@@ -48,6 +50,10 @@ export interface ServerIdentity {
   readonly systemId: string | undefined;
   readonly startedAt: string | undefined;
 }
+
+/** Asks a connection which server it reached; see {@link ServerIdentity}. */
+export const SERVER_IDENTITY = `select (select system_identifier::text from pg_control_system()) as system_id,
+  extract(epoch from pg_postmaster_start_time())::text as started_at`;
 
 /** Whether two identities name the same running server; an unknown one names none. */
 export function sameServer(a: ServerIdentity, b: ServerIdentity): boolean {
@@ -120,7 +126,8 @@ const REPLICA_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   pg_last_wal_receive_lsn()::text as receive_lsn,
   (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as last_replay_at,
   coalesce((select status = 'streaming' from pg_stat_wal_receiver), false) as streaming,
-  (select system_identifier::text from pg_control_system()) as system_id`;
+  (select system_identifier::text from pg_control_system()) as system_id,
+  extract(epoch from pg_postmaster_start_time())::text as started_at`;
 
 // While reads wait, only the replay position matters: the cheapest query that answers it.
 const REPLICA_POLL = 'select pg_last_wal_replay_lsn()::text as replay_lsn';
@@ -135,10 +142,16 @@ const PRIMARY_SAMPLE = `select pg_is_in_recovery() as in_recovery,
 /** One connection of its own to a node, re-opened after a failure. */
 class MonitorConnection {
   #client: pg.Client | undefined;
+  #opened = 0;
   readonly #config: pg.ClientConfig;
 
   constructor(config: pg.ClientConfig) {
     this.#config = config;
+  }
+
+  /** How many connections have been opened: a new one may have reached another server. */
+  get opened(): number {
+    return this.#opened;
   }
 
   async query<R extends pg.QueryResultRow>(sql: string): Promise<R | undefined> {
@@ -152,6 +165,7 @@ class MonitorConnection {
         throw err;
       }
       this.#client = client;
+      this.#opened++;
     }
     const client = this.#client;
     try {
@@ -200,6 +214,8 @@ export class ReplicaMonitor {
   #lastError: string | undefined;
   #lastFailureAt: number | undefined;
   #polls = 0;
+  /** The connection the latest full sample came from (see MonitorConnection.opened). */
+  #sampledOn = -1;
   readonly #connection: MonitorConnection;
   readonly #options: MonitorOptions;
   readonly #onSample: (monitor: ReplicaMonitor) => void;
@@ -288,41 +304,11 @@ export class ReplicaMonitor {
   async #sampleOnce(fullSample: boolean): Promise<void> {
     try {
       this.#polls++;
-      if (fullSample) {
-        const row = await this.breaker.execute(() =>
-          this.#connection.query<{
-            in_recovery: boolean;
-            replay_lsn: string | null;
-            receive_lsn: string | null;
-            last_replay_at: number | null;
-            streaming: boolean;
-            system_id: string;
-          }>(REPLICA_SAMPLE),
-        );
-        if (row === undefined) throw new Error('the replica sample returned no row');
-        this.#sample = {
-          at: Date.now(),
-          inRecovery: row.in_recovery,
-          replayLsn: row.replay_lsn === null ? undefined : parseLsn(row.replay_lsn),
-          receiveLsn: row.receive_lsn === null ? undefined : parseLsn(row.receive_lsn),
-          lastReplayAt: row.last_replay_at ?? undefined,
-          streaming: row.streaming,
-          systemId: row.system_id,
-        };
-      } else {
-        const row = await this.breaker.execute(() =>
-          this.#connection.query<{ replay_lsn: string | null }>(REPLICA_POLL),
-        );
-        const previous = this.#sample;
-        if (previous !== undefined && row?.replay_lsn != null) {
-          const replayLsn = parseLsn(row.replay_lsn);
-          this.#sample = {
-            ...previous,
-            at: Date.now(),
-            replayLsn: replayLsn ?? previous.replayLsn,
-          };
-        }
-      }
+      // A polled position carries the identity of the last full sample, which is only right on
+      // the connection that sample came over: a new one may have reached another server, or
+      // this one restarted.
+      if (fullSample || this.#connection.opened !== this.#sampledOn || !(await this.#poll()))
+        await this.#full();
       this.#lastError = undefined;
       this.#lastFailureAt = undefined;
     } catch (err) {
@@ -330,6 +316,50 @@ export class ReplicaMonitor {
       this.#lastFailureAt ??= Date.now();
     }
     this.#onSample(this);
+  }
+
+  async #full(): Promise<void> {
+    const row = await this.breaker.execute(() =>
+      this.#connection.query<{
+        in_recovery: boolean;
+        replay_lsn: string | null;
+        receive_lsn: string | null;
+        last_replay_at: number | null;
+        streaming: boolean;
+        system_id: string;
+        started_at: string;
+      }>(REPLICA_SAMPLE),
+    );
+    if (row === undefined) throw new Error('the replica sample returned no row');
+    this.#sampledOn = this.#connection.opened;
+    this.#sample = {
+      at: Date.now(),
+      inRecovery: row.in_recovery,
+      replayLsn: row.replay_lsn === null ? undefined : parseLsn(row.replay_lsn),
+      receiveLsn: row.receive_lsn === null ? undefined : parseLsn(row.receive_lsn),
+      lastReplayAt: row.last_replay_at ?? undefined,
+      streaming: row.streaming,
+      systemId: row.system_id,
+      startedAt: row.started_at,
+    };
+  }
+
+  /** Polls the replay position only; false when the answer came over a new connection. */
+  async #poll(): Promise<boolean> {
+    const row = await this.breaker.execute(() =>
+      this.#connection.query<{ replay_lsn: string | null }>(REPLICA_POLL),
+    );
+    if (this.#connection.opened !== this.#sampledOn) return false;
+    const previous = this.#sample;
+    if (previous !== undefined && row?.replay_lsn != null) {
+      const replayLsn = parseLsn(row.replay_lsn);
+      this.#sample = {
+        ...previous,
+        at: Date.now(),
+        replayLsn: replayLsn ?? previous.replayLsn,
+      };
+    }
+    return true;
   }
 }
 
