@@ -10,6 +10,7 @@ import {
 
 const sample = (overrides: Partial<PrimarySample> = {}): PrimarySample => ({
   at: 1000,
+  sentAt: 999,
   inRecovery: false,
   insertLsn: 0x3000000n,
   systemId: '7000000000000000001',

@@ -327,6 +327,7 @@ export class Cluster {
       DEFAULT_CONSISTENCY;
     const token = mergeTokens(session?.token, options.token);
     const started = performance.now();
+    const invokedAt = Date.now();
     // Every read in a session (or given a token) remembers what it saw, so that a later monotonic
     // read does not go back in time, whatever level this one was read at. It costs one more
     // query on the read's connection; a read nobody can follow up on skips it.
@@ -344,7 +345,7 @@ export class Cluster {
               'replikit.token.lsn',
               formatLsn(requiredPosition(token, consistency.level === 'monotonic')),
             );
-          let route = await this.#route(consistency, token, options, span);
+          let route = await this.#route(consistency, token, invokedAt, options, span);
           let ran: { result: pg.QueryResult<R>; seen: Lsn | undefined } | undefined;
           try {
             ran = await this.#run<R>(route, sql, params, trackSeen);
@@ -497,6 +498,7 @@ export class Cluster {
   async #route(
     consistency: Consistency,
     token: ConsistencyToken | undefined,
+    invokedAt: number,
     options: ReadOptions,
     span: Span,
   ): Promise<Route> {
@@ -543,23 +545,70 @@ export class Cluster {
         : { node: replica.name, reason: 'any_replica' };
     }
 
-    if (consistency.level === 'bounded-staleness') {
-      const now = Date.now();
-      const inRotation = this.#inRotation();
-      if (inRotation.length === 0) return this.#noReplica();
-      const within = inRotation.filter(
-        (replica) => this.#lagMs(replica, now) <= consistency.maxStalenessMs,
-      );
-      const replica = this.#pick(within);
-      return replica === undefined
-        ? { node: 'primary', reason: 'too_stale' }
-        : { node: replica.name, reason: 'within_bound', provenOn: replica.monitor.sample };
-    }
+    if (consistency.level === 'bounded-staleness')
+      return this.#routeBounded(consistency.maxStalenessMs, invokedAt, options, span);
 
     const replica = this.#pick(this.#inRotation());
     return replica === undefined
       ? this.#noReplica()
       : { node: replica.name, reason: 'any_replica' };
+  }
+
+  /**
+   * A replica that provably shows every transaction committed `boundMs` before the read was
+   * invoked (see docs/routing.md). A replica that has replayed a primary position asked for at
+   * time s shows every commit made before s, whoever made it; the lag estimate cannot say that
+   * (it learns of other clients' writes only at the next sample). When the cached samples prove
+   * no replica fresh enough, a fresh primary position and a short wait for a replica to replay it
+   * can; else the primary serves the read.
+   */
+  async #routeBounded(
+    boundMs: number,
+    invokedAt: number,
+    options: ReadOptions,
+    span: Span,
+  ): Promise<Route> {
+    const inRotation = this.#inRotation();
+    if (inRotation.length === 0) return this.#noReplica();
+    const oldestAllowed = invokedAt - boundMs;
+    const proven = this.#pick(
+      inRotation.filter((replica) => (this.#provenAsOf(replica) ?? -Infinity) >= oldestAllowed),
+    );
+    if (proven !== undefined)
+      return { node: proven.name, reason: 'within_bound', provenOn: proven.monitor.sample };
+    // Replicas estimated to be further behind than the bound are not worth a round trip.
+    const now = Date.now();
+    if (!inRotation.some((replica) => this.#lagMs(replica, now) <= boundMs))
+      return { node: 'primary', reason: 'too_stale' };
+    // A refresh already in flight may have been asked for too early to prove anything.
+    let fresh = await this.#primaryMonitor.refresh().catch(() => undefined);
+    if (fresh !== undefined && fresh.sentAt < oldestAllowed)
+      fresh = await this.#primaryMonitor.refresh().catch(() => undefined);
+    if (fresh === undefined || fresh.sentAt < oldestAllowed)
+      return { node: 'primary', reason: 'too_stale' };
+    const waitTimeoutMs = Math.min(
+      boundMs,
+      options.waitTimeoutMs ?? this.#options.waitTimeoutMs ?? 1000,
+    );
+    const route = await this.#routeToPosition(
+      normalizeInsertLsn(fresh.insertLsn, fresh.walBlockSize),
+      { ...options, waitTimeoutMs, onWaitTimeout: 'primary' },
+      span,
+    );
+    switch (route.reason) {
+      case 'caught_up':
+        return { ...route, reason: 'within_bound' };
+      case 'timeout_fallback':
+        return { node: 'primary', reason: 'too_stale' };
+      default:
+        return route;
+    }
+  }
+
+  /** When a replica provably showed every commit, from its cached replay position. */
+  #provenAsOf(replica: ReplicaEntry): number | undefined {
+    const replayed = replica.monitor.sample?.replayLsn;
+    return replayed === undefined ? undefined : this.#lag.provenAsOf(replayed);
   }
 
   /**
@@ -721,6 +770,7 @@ export class Cluster {
   /** The token for everything committed on `client` so far; merged into the session's. */
   async #tokenAfterCommit(client: pg.PoolClient): Promise<ConsistencyToken> {
     const identity = await identityOf(client);
+    const sentAt = Date.now();
     const { rows } = await client.query<{ lsn: string }>(
       'select pg_current_wal_insert_lsn()::text as lsn',
     );
@@ -728,7 +778,7 @@ export class Cluster {
     // Only a position of the server the monitor samples may join its samples.
     const primary = this.#primaryMonitor.sample;
     if (primary !== undefined && sameServer(identity, primary))
-      this.#primaryMonitor.observe(position);
+      this.#primaryMonitor.observe(position, sentAt);
     const token = this.#tokenAt(position);
     recordToken(token);
     return token;
@@ -807,7 +857,11 @@ export class Cluster {
     // The raw insert position of an idle primary whose last record ended on a page boundary is
     // past the next page's header, where no replay position ever stops: caught-up replicas would
     // show a lag that grows for as long as the primary stays idle.
-    this.#lag.record(normalizeInsertLsn(sample.insertLsn, sample.walBlockSize), sample.at);
+    this.#lag.record(
+      normalizeInsertLsn(sample.insertLsn, sample.walBlockSize),
+      sample.at,
+      sample.sentAt,
+    );
   }
 
   #onReplicaSample(monitor: ReplicaMonitor): void {

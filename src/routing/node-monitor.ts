@@ -31,6 +31,11 @@ export interface ReplicaSample {
 /** What one look at the primary showed. */
 export interface PrimarySample {
   readonly at: number;
+  /**
+   * Local time (ms) just before the sample was asked for: every transaction that had committed
+   * by then ends at or below `insertLsn`.
+   */
+  readonly sentAt: number;
   readonly inRecovery: boolean;
   /** `pg_current_wal_insert_lsn()`: at or past the end of every committed transaction. */
   readonly insertLsn: Lsn;
@@ -72,9 +77,9 @@ export function samePrimary(a: PrimarySample, b: PrimarySample): boolean {
 
 /**
  * The primary sample to keep once `fresh` arrives. On the same server and timeline the position
- * never goes down: one observed after a commit may be newer than the sample. Another server, a
- * restart or a new timeline (a failover) replaces everything, even with a lower position: the
- * old one was another server's.
+ * never goes down: one observed after a commit may be newer than the sample, and still bounds
+ * every commit before the sample was asked for. Another server, a restart or a new timeline (a
+ * failover) replaces everything, even with a lower position: the old one was another server's.
  */
 export function nextPrimarySample(
   previous: PrimarySample | undefined,
@@ -420,15 +425,16 @@ export class PrimaryMonitor {
    * Records a position the primary is known to have reached (read after a commit on another
    * connection), so tokens of this process never need a refresh and lag is measured from it too.
    */
-  observe(insertLsn: Lsn): void {
+  observe(insertLsn: Lsn, sentAt: number): void {
     const sample = this.#sample;
     if (sample === undefined || insertLsn <= sample.insertLsn) return;
-    this.#sample = { ...sample, insertLsn, at: Date.now() };
+    this.#sample = { ...sample, insertLsn, at: Date.now(), sentAt };
     this.#onSample(this.#sample);
   }
 
   async #sampleNow(): Promise<PrimarySample> {
     this.#polls++;
+    const sentAt = Date.now();
     try {
       const row = await this.#connection.query<{
         in_recovery: boolean;
@@ -444,6 +450,7 @@ export class PrimaryMonitor {
       }
       const sample = nextPrimarySample(this.#sample, {
         at: Date.now(),
+        sentAt,
         inRecovery: row.in_recovery,
         insertLsn,
         systemId: row.system_id,
