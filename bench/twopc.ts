@@ -30,6 +30,7 @@ import { parseArgs } from 'node:util';
 
 import pg from 'pg';
 
+import { commitTransaction } from '../src/db/checkout.js';
 import { migrate } from '../src/db/migrate.js';
 import { createSagaEngine, SAGA_MIGRATIONS, type StepEvent } from '../src/saga/index.js';
 import { LocalStack } from '../src/stack/index.js';
@@ -323,7 +324,7 @@ function ceilingVariant(stack: LocalStack): Variant {
                 t.id,
                 t.amount,
               ]);
-              await client.query('commit');
+              await commitTransaction(client);
               client.release();
               return { attempts: attempt, pending: 0 };
             } catch (err) {

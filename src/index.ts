@@ -10,6 +10,7 @@
  * @packageDocumentation
  */
 export { ReplikitError } from './errors.js';
+export { commitTransaction, inTransaction, type CommitClient } from './db/checkout.js';
 export {
   Cluster,
   createCluster,

@@ -262,6 +262,17 @@ describe('orders over HTTP', () => {
     expect(problem(refusedKey).code).toBe('VALIDATION_FAILED');
   });
 
+  it('five orders refused for an unknown customer do not hold up the next one: it answers 201 confirmed', async () => {
+    for (let i = 0; i < 5; i++) {
+      const refused = await call('POST', '/orders', { body: order({ customerId: 'nobody' }) });
+      expect(refused.body).toMatchObject({ status: 'rejected', reason: 'unknown_customer' });
+    }
+    // A refusal is the payments service's answer: its circuit breaker stays closed, nothing parks.
+    const placed = await call('POST', '/orders', { body: order() });
+    expect(placed.status).toBe(201);
+    expect(placed.body).toMatchObject({ status: 'confirmed', sagaStatus: 'completed' });
+  });
+
   // Last: its failing compensations open the inventory service's circuit breaker for a while.
   it('lists sagas needing attention and retries one; refuses actions that do not fit', async () => {
     const completedOrder = await call('POST', '/orders', { body: order() });

@@ -58,6 +58,21 @@ describe('toProblemDetails', () => {
     expect(log).toBe(true);
   });
 
+  it('answers a transaction PostgreSQL rolled back with 500 (logged), and a reused idempotency key with 422', () => {
+    const rolledBack = toProblemDetails(
+      new ReplikitError('TRANSACTION_ROLLED_BACK', 'the transaction was rolled back'),
+    );
+    expect(rolledBack.problem).toMatchObject({ status: 500, code: 'TRANSACTION_ROLLED_BACK' });
+    expect(rolledBack.log).toBe(true);
+    const reused = toProblemDetails(
+      new ReplikitError('IDEMPOTENCY_KEY_REUSED', 'used for a different request', {
+        details: { key: 'k1' },
+      }),
+    );
+    expect(reused.problem).toMatchObject({ status: 422, details: { key: 'k1' } });
+    expect(reused.log).toBe(false);
+  });
+
   it('lets an application map its own codes', () => {
     const err = new ReplikitError('TEAPOT', 'short and stout');
     const { problem } = toProblemDetails(err, { statusByCode: { TEAPOT: 418 } });

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { createApp } from '../src/app/app.js';
 import { loadConfig } from '../src/app/config.js';
@@ -7,12 +7,14 @@ import { PROFILE_HEADERS, PROFILES_PROJECTION } from '../src/app/profiles.js';
 import { listen, type RunningServer } from '../src/app/server.js';
 import { createEventStore, type EventStore } from '../src/events/index.js';
 import { createCluster, type Cluster } from '../src/routing/index.js';
+import type { LocalStack } from '../src/stack/index.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { createMetricsRegistry } from '../src/telemetry/metrics.js';
 import { migrateEvents } from './support/events.js';
 import { jsonClient, problem } from './support/http.js';
-import { createTestDatabase, type TestDatabase } from './support/stack.js';
+import { createTestDatabase, testStack, type TestDatabase } from './support/stack.js';
 
+let stack: LocalStack;
 let db: TestDatabase;
 let store: EventStore;
 let cluster: Cluster;
@@ -21,6 +23,7 @@ let base = '';
 const call = jsonClient(() => base);
 
 beforeAll(async () => {
+  stack = await testStack();
   db = await createTestDatabase('profiles');
   await migrateEvents(db.primaryUrl);
   store = createEventStore({ connection: db.primaryUrl });
@@ -38,6 +41,10 @@ beforeAll(async () => {
     { port: 0, host: '127.0.0.1' },
   );
   base = server.url;
+});
+
+afterEach(async () => {
+  await stack.resetFaults();
 });
 
 afterAll(async () => {
@@ -72,6 +79,55 @@ describe('profiles demo (CQRS over the event store)', () => {
         stale: false,
       });
     }
+  });
+
+  it('hands back a consistency token from profile writes, and read-your-writes with it (header or cookie) waits for projection and replica', async () => {
+    const ada = randomUUID();
+    const created = await call('PATCH', `/users/${ada}/profile`, { body: { name: 'Ada' } });
+    const first = created.headers.get('x-consistency-token');
+    expect(first).toMatch(/^rk1\./);
+    // Everyone has the first version: the projection applied it and both replicas replayed it.
+    expect(
+      (await store.waitForProjection('profiles', 'latest', { timeoutMs: 10_000 })).reached,
+    ).toBe(true);
+    await stack.waitForReplicas();
+    await stack.pauseReplay('replica1');
+    await stack.pauseReplay('replica2');
+
+    // Header: the token of the write, and nothing else, asks for the write.
+    const patched = await call('PATCH', `/users/${ada}/profile`, {
+      body: { name: 'Grace' },
+      headers: { 'x-consistency-token': first! },
+    });
+    expect(patched.status).toBe(200);
+    const token = patched.headers.get('x-consistency-token')!;
+    expect(token).toMatch(/^rk1\./);
+    expect(token).not.toBe(first);
+    const read = await call('GET', `/users/${ada}/profile`, {
+      headers: { 'x-consistency': 'read-your-writes', 'x-consistency-token': token },
+    });
+    expect(read.body).toMatchObject({ name: 'Grace', stale: false });
+
+    // Control: with replay paused, an eventual read shows the old name.
+    const eventual = await call('GET', `/users/${ada}/profile`, {
+      headers: { 'x-consistency': 'eventual' },
+    });
+    expect(eventual.body).toMatchObject({ name: 'Ada' });
+
+    // Cookie: a follow refreshes the cookie it came with, and the cookie alone asks for the write.
+    const follower = randomUUID();
+    const followed = await call('POST', `/users/${follower}/follow`, {
+      body: { targetId: ada },
+      headers: { cookie: `replikit_token=${token}` },
+    });
+    expect(followed.status).toBe(202);
+    const cookie = /^replikit_token=([^;]+)/.exec(followed.headers.get('set-cookie') ?? '')?.[1];
+    expect(cookie).toMatch(/^rk1\./);
+    expect(cookie).not.toBe(token);
+    const afterFollow = await call('GET', `/users/${ada}/profile`, {
+      headers: { 'x-consistency': 'read-your-writes', cookie: `replikit_token=${cookie!}` },
+    });
+    expect(afterFollow.body).toMatchObject({ name: 'Grace', followers: 1, stale: false });
   });
 
   it('answers problems for bad input', async () => {

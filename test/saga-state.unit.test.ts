@@ -10,16 +10,16 @@ import {
   type SagaState,
   type SagaStep,
 } from '../src/saga/index.js';
-import { initialTransition } from '../src/saga/saga-state.js';
+import { forcedCompensation, initialTransition, pivotIntent } from '../src/saga/saga-state.js';
 
 const noop = (): Promise<void> => Promise.resolve();
 
-function saga(stepCount: number, pivot?: number): SagaDefinition<unknown> {
+function saga(stepCount: number, pivot?: number, localPivot = false): SagaDefinition<unknown> {
   const steps: SagaStep<unknown>[] = Array.from({ length: stepCount }, (_, index) => ({
     name: `s${index}`,
     run: noop,
     ...(pivot === undefined || index < pivot ? { compensate: noop } : {}),
-    ...(index === pivot ? { pivot: true } : {}),
+    ...(index === pivot ? { pivot: true, ...(localPivot ? { local: true as const } : {}) } : {}),
   }));
   return defineSaga({ name: 'prop', version: 1, steps });
 }
@@ -177,6 +177,76 @@ describe('saga state machine', () => {
       { kind: 'rejected', reason: 'no', message: 'refused' },
     );
     expect(refused.state).toMatchObject({ status: 'compensating', pending: [0] });
+  });
+
+  it('forced compensation is accepted only while the pivot has not happened and cannot happen (property)', () => {
+    fc.assert(
+      fc.property(
+        fc
+          .integer({ min: 2, max: 5 })
+          .chain((steps) => fc.tuple(fc.constant(steps), fc.integer({ min: 0, max: steps - 1 }))),
+        fc.boolean(),
+        fc.array(outcome, { minLength: 1, maxLength: 30 }),
+        fc.nat(40),
+        ([steps, pivot], localPivot, outcomes, at) => {
+          const definition = saga(steps, pivot, localPivot);
+          let state: SagaState = initialTransition(definition).state;
+          // Whether the pivot may have taken effect: a remote call that completed or failed (a
+          // refusal did nothing), or a local transaction that committed (only a completed one does).
+          let pivotMayHaveRun = false;
+          for (let i = 0; i < Math.min(at, 500); i++) {
+            const action = nextAction(definition, state);
+            if (action.kind !== 'run' && action.kind !== 'compensate') break;
+            const result = outcomes[i % outcomes.length] ?? { kind: 'completed', output: null };
+            if (action.kind === 'run') {
+              // As the engine does: the intent first, then the call.
+              state = pivotIntent(definition, state, action.index)?.state ?? state;
+              if (action.index === pivot)
+                pivotMayHaveRun ||=
+                  result.kind === 'completed' || (result.kind === 'failed' && !localPivot);
+            }
+            state = transition(definition, state, action, result).state;
+          }
+          const decision = forcedCompensation(definition, state);
+          // Continuing a compensation the saga itself began is not a forced one.
+          const forced = state.status !== 'compensating' && state.attention?.phase !== 'compensate';
+          if (decision.kind === 'accepted' && forced) expect(pivotMayHaveRun).toBe(false);
+          if (decision.kind === 'refused' && decision.reason === 'pivot_in_doubt') {
+            expect(localPivot).toBe(false);
+            expect(state.stepIndex).toBe(pivot);
+          }
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('forced compensation: refused once a remote pivot’s intent is logged, accepted at a local pivot', () => {
+    const remote = saga(2, 1);
+    const atPivot = transition(
+      remote,
+      initialTransition(remote).state,
+      { kind: 'run', index: 0 },
+      { kind: 'completed', output: 1 },
+    ).state;
+    expect(forcedCompensation(remote, atPivot)).toMatchObject({
+      kind: 'accepted',
+      transition: { state: { status: 'compensating', pending: [0] } },
+    });
+    const intent = pivotIntent(remote, atPivot, 1);
+    expect(intent?.log).toEqual([
+      { index: 1, phase: 'run', name: 's1', status: 'running', attempts: 1, finished: false },
+    ]);
+    expect(pivotIntent(remote, atPivot, 0)).toBeUndefined();
+    const started = intent?.state ?? atPivot;
+    expect(pivotIntent(remote, started, 1)).toBeUndefined();
+    expect(forcedCompensation(remote, started)).toEqual({
+      kind: 'refused',
+      reason: 'pivot_in_doubt',
+    });
+    const local = saga(2, 1, true);
+    expect(pivotIntent(local, atPivot, 1)).toBeUndefined();
+    expect(forcedCompensation(local, atPivot).kind).toBe('accepted');
   });
 
   it('a parked step keeps its attempt and waits', () => {

@@ -1,16 +1,26 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { circuitBreaker, ConsecutiveBreaker, ConstantBackoff, handleAll } from 'cockatiel';
+import {
+  circuitBreaker,
+  ConsecutiveBreaker,
+  ConstantBackoff,
+  handleAll,
+  handleWhen,
+} from 'cockatiel';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { ORDER_STEPS, type OrderInput } from '../src/app/orders/order-saga.js';
 import { InventoryService, PaymentsService } from '../src/app/orders/services.js';
 import {
   createSagaEngine,
+  defineSaga,
+  StepRejected,
   type SagaDefinition,
   type SagaEngine,
+  type LocalStep,
   type RemoteStep,
   type SagaEngineOptions,
+  type SagaTransaction,
   type StepEvent,
 } from '../src/saga/index.js';
 import {
@@ -30,7 +40,7 @@ const events: StepEvent[] = [];
 /** An engine on the test's saga log with short timings; closed after each test. */
 async function engine(
   overrides: Partial<SagaEngineOptions> = {},
-  definition: SagaDefinition<OrderInput> = saga,
+  definition: SagaDefinition<unknown> = saga,
 ): Promise<SagaEngine> {
   const created = createSagaEngine({
     database: dbs.urls.orders,
@@ -50,6 +60,11 @@ function completedOrder(sagaId: string): string[] {
   return events
     .filter((event) => event.sagaId === sagaId && event.outcome === 'completed')
     .map((event) => `${event.phase}:${event.step}`);
+}
+
+/** How many attempts of a saga's steps found their service's circuit breaker open. */
+function parkedSteps(sagaId: string): number {
+  return events.filter((event) => event.sagaId === sagaId && event.outcome === 'parked').length;
 }
 
 /** The saga with one remote step's functions replaced (a service made to fail, block or count). */
@@ -355,28 +370,107 @@ describe('leases', () => {
   });
 });
 
+describe('a local step with a timeout', () => {
+  /** A saga of one local step that times out after 200 ms and may try twice. */
+  function slowLocal(name: string, run: LocalStep<{ readonly n: number }>['run']) {
+    return defineSaga<{ readonly n: number }>({
+      name,
+      version: 1,
+      steps: [
+        {
+          name: 'effect',
+          local: true,
+          timeoutMs: 200,
+          retry: { maxAttempts: 2, backoff: new ConstantBackoff(50) },
+          run,
+          compensate: () => Promise.resolve(),
+        },
+      ],
+    });
+  }
+
+  it('has its effect once: the attempt that timed out commits nothing, and its client refuses queries after the timeout', async () => {
+    await dbs.pools.orders.query(
+      'create table if not exists local_effects (saga_id uuid not null, attempt int not null)',
+    );
+    let late: { readonly error: unknown; readonly aborted: boolean } | undefined;
+    const effect = (tx: SagaTransaction, sagaId: string, attempt: number) =>
+      tx.query('insert into local_effects (saga_id, attempt) values ($1, $2)', [sagaId, attempt]);
+    const slow = slowLocal('slow_local', async (ctx, tx) => {
+      await effect(tx, ctx.sagaId, ctx.attempt);
+      if (ctx.attempt > 1) return;
+      // The first attempt outlives its timeout without watching its signal (as code that awaits
+      // something slow does), then writes again: neither write may survive.
+      await sleep(600);
+      try {
+        await effect(tx, ctx.sagaId, ctx.attempt);
+        late = { error: undefined, aborted: ctx.signal.aborted };
+      } catch (error) {
+        late = { error, aborted: ctx.signal.aborted };
+      }
+    });
+    const e = await engine({}, slow);
+    const { id } = await e.run(slow, { n: 1 });
+    const done = await e.wait(id, { timeoutMs: 10_000 });
+    expect(done.state.status).toBe('completed');
+    const settled = await eventually(() => late);
+    const { rows } = await dbs.pools.orders.query<{ attempt: number }>(
+      'select attempt from local_effects where saga_id = $1 order by attempt',
+      [id],
+    );
+    expect(rows).toEqual([{ attempt: 2 }]);
+    expect(settled.aborted).toBe(true);
+    expect(settled.error).toMatchObject({ code: 'SAGA_STEP_ABANDONED' });
+  });
+
+  it('a statement still running when its attempt is abandoned is stopped by the server within the timeout', async () => {
+    const slow = slowLocal('stuck_local', async (ctx, tx) => {
+      if (ctx.attempt === 1) await tx.query(`select pg_sleep(30) /* ${ctx.sagaId} */`);
+    });
+    const e = await engine({}, slow);
+    const { id } = await e.run(slow, { n: 1 });
+    expect((await e.wait(id, { timeoutMs: 10_000 })).state.status).toBe('completed');
+    const running = () =>
+      dbs.pools.orders.query(
+        `select 1 from pg_stat_activity where query like 'select pg_sleep(30) /* ' || $1 || ' */'`,
+        [id],
+      );
+    // Without a server-side bound the orphaned statement would sleep on for half a minute.
+    await eventually(async () => ((await running()).rowCount === 0 ? true : undefined), 5000);
+  });
+});
+
 describe('circuit breaker', () => {
-  /** Six orders while payments is down for two seconds; the charge step may try 5 times, 100 ms apart. */
-  async function ordersDuringOutage(services: SagaEngineOptions['services']) {
-    let down = true;
+  /**
+   * The order saga with a payments service that fails while `outage.down` (it starts down), its
+   * charge tried `maxAttempts` times `backoffMs` apart.
+   */
+  function flakyPayments(maxAttempts: number, backoffMs: number) {
+    const outage = { down: true };
     class FlakyPayments extends PaymentsService {
       override async charge(...args: Parameters<PaymentsService['charge']>) {
-        if (down) throw new Error('payments unavailable');
+        if (outage.down) throw new Error('payments unavailable');
         return super.charge(...args);
       }
     }
     const flaky = new FlakyPayments(dbs.pools.payments);
-    const flakySaga = withStep(saga, 'charge_payment', {
-      retry: { maxAttempts: 5, backoff: new ConstantBackoff(100) },
+    const definition = withStep(saga, 'charge_payment', {
+      retry: { maxAttempts, backoff: new ConstantBackoff(backoffMs) },
       run: (ctx) =>
         flaky.charge(ctx.idempotencyKey, ctx.input.orderId, ctx.input.customerId, ctx.input.amount),
     });
+    return { outage, saga: definition };
+  }
+
+  /** Six orders while payments is down for two seconds; the charge step may try 5 times, 100 ms apart. */
+  async function ordersDuringOutage(services: SagaEngineOptions['services']) {
+    const { outage, saga: flakySaga } = flakyPayments(5, 100);
     const e = await engine({ services }, flakySaga);
     const ids = await Promise.all(
       Array.from({ length: 6 }, () => e.run(flakySaga, sampleOrder()).then((r) => r.id)),
     );
     await sleep(2000);
-    down = false;
+    outage.down = false;
     const done = await Promise.all(ids.map((id) => e.wait(id, { timeoutMs: 20_000 })));
     const mine = events.filter(
       (event) => ids.includes(event.sagaId) && event.step === 'charge_payment',
@@ -413,5 +507,87 @@ describe('circuit breaker', () => {
     });
     expect(parked).toBe(0);
     expect(statuses).toEqual(statuses.map(() => 'compensated'));
+  });
+
+  it('a refusal is an answer: five declined orders in a row leave the default breaker closed, and the next order is not parked', async () => {
+    const e = await engine();
+    for (let i = 0; i < 5; i++) {
+      const { id } = await e.run(saga, sampleOrder({ customerId: 'nobody' }));
+      const refused = await e.wait(id, { timeoutMs: 10_000 });
+      expect(refused.state.failure).toMatchObject({
+        step: 'charge_payment',
+        reason: 'unknown_customer',
+      });
+    }
+    const { id } = await e.run(saga, sampleOrder());
+    const done = await e.wait(id, { timeoutMs: 10_000 });
+    expect(parkedSteps(id)).toBe(0);
+    expect(done.state.status).toBe('completed');
+    expect((await countBooks(dbs.pools)).problems).toEqual([]);
+  });
+
+  it('control: five real failures in a row open the same default breaker, and the next order parks until a trial succeeds', async () => {
+    const { outage, saga: flakySaga } = flakyPayments(6, 20);
+    const e = await engine({}, flakySaga);
+    // Five failed attempts of one order open the breaker; its sixth attempt is parked.
+    const first = await e.run(flakySaga, sampleOrder());
+    await eventually(() => (parkedSteps(first.id) > 0 ? true : undefined));
+    outage.down = false;
+    const next = await e.run(flakySaga, sampleOrder());
+    await eventually(() => (parkedSteps(next.id) > 0 ? true : undefined));
+    const done = await Promise.all(
+      [first.id, next.id].map((id) => e.wait(id, { timeoutMs: 20_000 })),
+    );
+    expect(done.map((s) => s.state.status)).toEqual(['completed', 'completed']);
+    expect((await countBooks(dbs.pools)).problems).toEqual([]);
+  });
+
+  it('a half-open trial that the service answers, even with a refusal, resumes every step parked on it at once', async () => {
+    const { outage, saga: flakySaga } = flakyPayments(3, 20);
+    // Parked steps would sleep a minute: only the breaker closing can wake them within the test.
+    const e = await engine(
+      {
+        services: {
+          payments: {
+            breaker: circuitBreaker(
+              handleWhen((err) => !(err instanceof StepRejected)),
+              { halfOpenAfter: 300, breaker: new ConsecutiveBreaker(1) },
+            ),
+            parkMs: 60_000,
+          },
+        },
+      },
+      flakySaga,
+    );
+    const failing = await e.run(flakySaga, sampleOrder());
+    await eventually(() => (parkedSteps(failing.id) > 0 ? true : undefined));
+    outage.down = false;
+    // Mostly refusals waiting, as when declines dominate the load, and two orders that can pay.
+    const waiting = await Promise.all(
+      [
+        sampleOrder({ customerId: 'nobody' }),
+        sampleOrder({ customerId: 'nobody' }),
+        sampleOrder({ customerId: 'nobody' }),
+        sampleOrder(),
+        sampleOrder(),
+      ].map((order) => e.run(flakySaga, order).then((r) => r.id)),
+    );
+    await eventually(() => (waiting.every((id) => parkedSteps(id) > 0) ? true : undefined));
+    await sleep(400);
+    // The trial after halfOpenAfter is a refusal: the service answered, so the breaker closes.
+    const trial = await e.run(flakySaga, sampleOrder({ customerId: 'nobody' }));
+    expect((await e.wait(trial.id, { timeoutMs: 10_000 })).state.status).toBe('compensated');
+    const done = await Promise.all(
+      [failing.id, ...waiting].map((id) => e.wait(id, { timeoutMs: 10_000 })),
+    );
+    expect(done.map((s) => s.state.status)).toEqual([
+      'completed',
+      'compensated',
+      'compensated',
+      'compensated',
+      'completed',
+      'completed',
+    ]);
+    expect((await countBooks(dbs.pools)).problems).toEqual([]);
   });
 });

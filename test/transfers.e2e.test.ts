@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { createApp } from '../src/app/app.js';
@@ -12,6 +14,7 @@ import { createLogger } from '../src/telemetry/logger.js';
 import { createMetricsRegistry } from '../src/telemetry/metrics.js';
 import { createRoutingMetrics } from '../src/telemetry/routing-metrics.js';
 import { createCoordinator, type Coordinator } from '../src/twopc/index.js';
+import { requestFingerprint } from '../src/app/idempotency.js';
 import { createTransferSaga } from '../src/app/transfer-saga.js';
 import { ledgerOf } from '../src/app/transfers.js';
 import { createSagaEngine, SAGA_MIGRATIONS, type SagaEngine } from '../src/saga/index.js';
@@ -408,6 +411,29 @@ describe('the saga mode', () => {
     );
     expect(entries?.statuses).toEqual(['reversed']);
   });
+
+  it('five overdrafts refused in a row do not hold up the next saga transfer: it answers 201 completed', async () => {
+    const before = await balances();
+    const from = richestA(before);
+    for (let i = 0; i < 5; i++) {
+      const refused = await call('POST', '/transfers?mode=saga', {
+        body: { from, to: 'b6', amount: before.get(from)! + 1 },
+      });
+      expect(problem(refused).code).toBe('INSUFFICIENT_FUNDS');
+    }
+    // A refusal is the ledger's answer: the ledgers' circuit breaker stays closed, nothing parks.
+    const moved = await call('POST', '/transfers?mode=saga', {
+      body: { from, to: 'b6', amount: 5 },
+    });
+    expect(moved.status).toBe(201);
+    expect(moved.body).toMatchObject({ mode: 'saga', status: 'completed' });
+    // Put it back, so the totals below stay what the other tests expect.
+    const back = await call('POST', '/transfers?mode=saga', {
+      body: { from: 'b6', to: from, amount: 5 },
+    });
+    expect(back.status).toBe(201);
+    expect(await balances()).toEqual(before);
+  });
 });
 
 describe('bad input gets a 4xx problem, never a 500', () => {
@@ -475,6 +501,111 @@ describe('bad input gets a 4xx problem, never a 500', () => {
 
   it('nothing above changed a balance or left a transaction prepared', async () => {
     expect(total(await balances())).toBe(DEMO_ACCOUNTS.count * 2 * DEMO_ACCOUNTS.openingBalance);
+    expect(await preparedCount()).toBe(0);
+    expect(await transferIds('ledger_b')).toEqual(await transferIds('ledger_a'));
+  });
+});
+
+describe('Idempotency-Key on POST /transfers', () => {
+  const MODES = ['2pc', 'saga'] as const;
+
+  /** POSTs the transfer `times` times at once with the same headers; the answers, in order. */
+  const post = (
+    mode: (typeof MODES)[number],
+    body: { from: string; to: string; amount: number },
+    key: string | undefined,
+    times: number,
+  ) =>
+    Promise.all(
+      Array.from({ length: times }, () =>
+        call('POST', `/transfers?mode=${mode}`, {
+          body,
+          headers: key === undefined ? {} : { 'idempotency-key': key },
+        }),
+      ),
+    );
+
+  /** How much `from` lost and `to` gained since `before`. */
+  const moved = async (before: Map<string, number>, from: string, to: string) => {
+    const after = await balances();
+    expect(total(after)).toBe(total(before));
+    return {
+      debited: before.get(from)! - after.get(from)!,
+      credited: after.get(to)! - before.get(to)!,
+    };
+  };
+
+  for (const mode of MODES) {
+    it(`${mode}: a retry with the same key answers the first transfer and moves the money once`, async () => {
+      const before = await balances();
+      const body = { from: 'a5', to: 'b5', amount: 7 };
+      const key = randomUUID();
+      const [first] = await post(mode, body, key, 1);
+      const [retry] = await post(mode, body, key, 1);
+      expect(first!.status).toBe(201);
+      expect(retry!.status).toBe(201);
+      expect(await moved(before, 'a5', 'b5')).toEqual({ debited: 7, credited: 7 });
+      expect(retry!.body).toEqual(first!.body);
+      expect(retry!.headers.get('idempotent-replayed')).toBe('true');
+    });
+
+    it(`${mode}: concurrent identical requests with one key move the money once`, async () => {
+      const before = await balances();
+      const body = { from: 'b6', to: 'a6', amount: 3 };
+      const answers = await post(mode, body, randomUUID(), 4);
+      expect(answers.map((answer) => answer.status)).toEqual([201, 201, 201, 201]);
+      expect(await moved(before, 'b6', 'a6')).toEqual({ debited: 3, credited: 3 });
+      expect(new Set(answers.map((answer) => (answer.body as Transfer).id)).size).toBe(1);
+    });
+
+    it(`${mode}: without a key, the same request sent twice moves the money twice (control)`, async () => {
+      const before = await balances();
+      const body = { from: 'a8', to: 'b8', amount: 2 };
+      for (const answer of [
+        ...(await post(mode, body, undefined, 1)),
+        ...(await post(mode, body, undefined, 1)),
+      ])
+        expect(answer.status).toBe(201);
+      expect(await moved(before, 'a8', 'b8')).toEqual({ debited: 4, credited: 4 });
+    });
+  }
+
+  it('saga: a key whose request died before starting the saga: the retry starts it, once', async () => {
+    const before = await balances();
+    const body = { from: 'a7', to: 'b7', amount: 4 };
+    const key = randomUUID();
+    const transferId = randomUUID();
+    // What a request leaves when its process dies between writing the key and starting the saga.
+    await primaryQuery(
+      'ledger_a',
+      `insert into transfer_keys (key, fingerprint, transfer_id, mode) values ($1, $2, $3, 'saga')`,
+      [key, requestFingerprint({ mode: 'saga', ...body }), transferId],
+    );
+    const answers = [...(await post('saga', body, key, 2)), ...(await post('saga', body, key, 1))];
+    expect(answers.map((answer) => answer.status)).toEqual([201, 201, 201]);
+    expect(answers.map((answer) => (answer.body as Transfer).id)).toEqual([
+      transferId,
+      transferId,
+      transferId,
+    ]);
+    expect(await moved(before, 'a7', 'b7')).toEqual({ debited: 4, credited: 4 });
+  });
+
+  it('refuses a key reused for another transfer, or in the other mode, with 422 and moves nothing', async () => {
+    const key = randomUUID();
+    const [first] = await post('2pc', { from: 'a9', to: 'b9', amount: 5 }, key, 1);
+    expect(first!.status).toBe(201);
+    const before = await balances();
+    for (const [mode, body] of [
+      ['2pc', { from: 'a9', to: 'b9', amount: 6 }],
+      ['2pc', { from: 'b9', to: 'a9', amount: 5 }],
+      ['saga', { from: 'a9', to: 'b9', amount: 5 }],
+    ] as const) {
+      const [answer] = await post(mode, body, key, 1);
+      expect(answer!.status).toBe(422);
+      expect(problem(answer!).code).toBe('IDEMPOTENCY_KEY_REUSED');
+    }
+    expect(await moved(before, 'a9', 'b9')).toEqual({ debited: 0, credited: 0 });
     expect(await preparedCount()).toBe(0);
     expect(await transferIds('ledger_b')).toEqual(await transferIds('ledger_a'));
   });

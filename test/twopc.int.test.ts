@@ -180,25 +180,29 @@ describe('two-phase commit', () => {
     }
   });
 
-  it('recovery commits with a decision, rolls back without, and skips what a live coordinator runs', async () => {
+  it('recovery commits with a decision, rolls back without, and skips what a live process runs', async () => {
     const admin = new pg.Client({ connectionString: coordinatorDb.primaryUrl });
     await admin.connect();
     const a = new pg.Client({ connectionString: ledgerA.primaryUrl });
     await a.connect();
     try {
+      // Left prepared by other processes of this coordinator: same name, same decision database.
+      const [{ store }] = (
+        await admin.query<{ store: string }>('select id as store from replikit_2pc_store')
+      ).rows as [{ store: string }];
       // Global ids are unique per server, not per database: fresh ones every run.
       const ids = [newTransactionId(), newTransactionId(), newTransactionId()];
       for (const [i, transaction] of ids.entries()) {
         await a.query('begin');
         await a.query(`update accounts set balance = balance + 1 where id = 'acct${10 + i}'`);
         await a.query(
-          `prepare transaction '${formatGid({ coordinator: 'gone', transaction, participant: 'ledger_a' })}'`,
+          `prepare transaction '${formatGid({ coordinator: 'test', store, transaction, participant: 'ledger_a' })}'`,
         );
       }
-      // The first was decided before its coordinator died; the third's coordinator is alive.
+      // The first was decided before its process died; the third's process is alive.
       await admin.query(
         'insert into replikit_2pc_decisions (transaction, coordinator, participants) values ($1, $2, $3)',
-        [ids[0], 'gone', ['ledger_a']],
+        [ids[0], 'test', ['ledger_a']],
       );
       await admin.query('select pg_advisory_lock(hashtextextended($1, 0))', [ids[2]]);
 

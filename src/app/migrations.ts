@@ -73,5 +73,23 @@ export function ledgerMigrations(prefix: 'a' | 'b'): readonly Migration[] {
         );
       `,
     },
+    {
+      // Idempotency keys of POST /transfers, in ledger A (every transfer takes part there): the
+      // request's fingerprint and the transfer it made. A 2PC transfer writes its key in the
+      // distributed transaction itself, so a key exists if and only if its transfer committed;
+      // a saga transfer writes it before starting the saga under the same key, and a retry
+      // starts (or finds) that saga.
+      id: '0004-transfer-keys',
+      sql: `
+        create table transfer_keys (
+          key text primary key,
+          fingerprint text not null,
+          transfer_id uuid not null,
+          mode text not null check (mode in ('2pc', 'saga')),
+          transaction text,
+          created_at timestamptz not null default now()
+        );
+      `,
+    },
   ];
 }

@@ -180,7 +180,9 @@ function requiredPosition(req: Request): GlobalPosition | 'latest' | undefined {
  * - `POST /projections/profiles/rebuild` → 202 `{ version }`: builds a new version beside the
  *   serving one, which takes over once caught up (the runner lives in this process).
  *
- * Writes answer with `X-Projection-Position`.
+ * Writes answer with `X-Projection-Position` and, like every write of the service, a consistency
+ * token (`X-Consistency-Token`, and the token cookie when the request carried one): a later read
+ * with `X-Consistency: read-your-writes` and that token waits for the projection and a replica.
  */
 export function profilesRouter(options: ProfilesOptions): Router {
   const { store, cluster } = options;
@@ -202,6 +204,7 @@ export function profilesRouter(options: ProfilesOptions): Router {
       ...(body.email === undefined ? {} : { email: body.email }),
     };
     const result = await store.append(streamOf(id), [{ type: 'UserProfileUpdated', data }]);
+    await readModel.tokenAfterWrite();
     const position = formatPosition(result.position);
     res.set(PROFILE_HEADERS.position, position).json({ position });
   });
@@ -216,6 +219,7 @@ export function profilesRouter(options: ProfilesOptions): Router {
     }
     const data: UserFollowed = { userId: id, targetId };
     const result = await store.append(streamOf(id), [{ type: 'UserFollowed', data }]);
+    await readModel.tokenAfterWrite();
     const position = formatPosition(result.position);
     // Accepted: the follower counts change when the projection applies it.
     res.status(202).set(PROFILE_HEADERS.position, position).json({ position });

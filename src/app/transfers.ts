@@ -10,6 +10,12 @@ import { isConnectionError } from '../routing/connection-errors.js';
 import type { Cluster } from '../routing/index.js';
 import type { SagaDefinition, SagaEngine, SagaRecord } from '../saga/index.js';
 import type { Logger } from '../telemetry/logger.js';
+import {
+  IDEMPOTENCY_HEADERS,
+  idempotencyKeyHeader,
+  idempotencyKeyReused,
+  requestFingerprint,
+} from './idempotency.js';
 import type { TransferInput } from './transfer-saga.js';
 import {
   TwoPhaseError,
@@ -120,6 +126,16 @@ interface AccountRow {
   updated_at: Date;
 }
 
+/** Where idempotency keys live: ledger A, which takes part in every transfer (from and to differ in ledger). */
+const KEYS_LEDGER: LedgerName = LEDGERS.a;
+
+/** A transfer's idempotency key as stored; see the `0004-transfer-keys` migration. */
+interface KeyRow {
+  transfer_id: string;
+  fingerprint: string;
+  transaction: string | null;
+}
+
 /** The errors a transfer may fail with on purpose: answered as they are, never as an aborted 2PC. */
 const TRANSFER_ERRORS = new Set(['NOT_FOUND', 'INSUFFICIENT_FUNDS']);
 
@@ -221,6 +237,11 @@ function forClient(err: unknown, id: string): unknown {
  *   {@link Transfer}; both balances and a `transfers` row on each ledger change in one distributed
  *   transaction, and the response's `X-Consistency-Token` covers both. `from` and `to` must be in
  *   different ledgers; `amount` is a whole number from 1 to 1,000,000.
+ * - Either mode takes an `Idempotency-Key` header: a request sent again with the same key (or
+ *   racing the first) answers the first transfer, with `Idempotent-Replayed: true`, and moves
+ *   nothing. The key lives in ledger A (`transfer_keys`): a 2PC transfer writes it in its own
+ *   distributed transaction, so it exists exactly when the transfer committed; a saga transfer
+ *   writes it before starting the saga under the same key, and a retry starts or finds that saga.
  * - `GET /accounts/:id` → 200 {@link Account}, read through that ledger's cluster (routed by
  *   `X-Consistency`, read-your-writes by default).
  *
@@ -228,6 +249,7 @@ function forClient(err: unknown, id: string): unknown {
  * - 400 `VALIDATION_FAILED`: malformed input, an unknown `mode`, `from` = `to`, or both in one ledger;
  * - 404 `NOT_FOUND`: an account that does not exist (nothing changed);
  * - 409 `INSUFFICIENT_FUNDS`: `from` holds less than `amount` (nothing changed; retry once it holds enough);
+ * - 422 `IDEMPOTENCY_KEY_REUSED`: the key came before with another body or mode (nothing changed);
  * - 503 `TWOPC_ABORTED` / `TWOPC_PREPARE_TIMEOUT`: a ledger failed or was too slow; everything was
  *   rolled back, so sending the same transfer again is safe;
  * - 503 `TRANSFERS_BUSY`: too many transfers queued (nothing changed; retry shortly);
@@ -245,6 +267,7 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
     from: string,
     to: string,
     amount: number,
+    key: string | undefined,
   ): Promise<[number, Transfer]> {
     const saga = options.saga;
     if (saga === undefined)
@@ -255,7 +278,13 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
           details: { issues: [{ path: 'mode', message: 'not available' }] },
         },
       );
-    const started = await saga.engine.run(saga.definition, { transferId: id, from, to, amount });
+    // Under a key, one saga per key: a retry (or a request racing the first) gets the first's,
+    // and starts it if the request that wrote the key died before it could.
+    const started = await saga.engine.run(
+      saga.definition,
+      { transferId: id, from, to, amount },
+      key === undefined ? {} : { key: `transfer:${key}` },
+    );
     const record: SagaRecord = await saga.engine.wait(started.id, {
       timeoutMs: saga.waitMs ?? 2000,
     });
@@ -283,12 +312,46 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
     return [record.state.status === 'completed' ? 201 : 202, transfer];
   }
 
+  /** The transfer a key names, read on ledger A's primary. */
+  async function findKey(key: string): Promise<KeyRow | undefined> {
+    const { rows } = await ledgers[KEYS_LEDGER].read<KeyRow & Record<string, unknown>>(
+      'select transfer_id, fingerprint, transaction from transfer_keys where key = $1',
+      [key],
+      { consistency: { level: 'strong' } },
+    );
+    return rows[0];
+  }
+
   router.post('/transfers', async (req, res) => {
     const { mode } = parseInput(transferQuery, req.query, 'query');
     const { from, to, amount } = parseInput(transferBody, req.body, 'body');
-    const id = randomUUID();
+    const key = parseInput(idempotencyKeyHeader, req.get(IDEMPOTENCY_HEADERS.key), 'header');
+    const fingerprint = requestFingerprint({ mode, from, to, amount });
+    let id: string = randomUUID();
+    /** Answers with the transfer `found` names; 422 when its key was sent with another request. */
+    const replay = (found: KeyRow, sent: string): KeyRow => {
+      if (found.fingerprint !== fingerprint) throw idempotencyKeyReused(sent);
+      id = found.transfer_id;
+      res.set(IDEMPOTENCY_HEADERS.replayed, 'true');
+      return found;
+    };
     if (mode === 'saga') {
-      const [status, transfer] = await bySaga(id, from, to, amount);
+      if (key !== undefined) {
+        // The key is written before the saga starts: a request that dies in between leaves a key
+        // whose saga the retry starts (the saga's own key makes that once).
+        const { rows } = await ledgers[KEYS_LEDGER].write<{ transfer_id: string }>(
+          `insert into transfer_keys (key, fingerprint, transfer_id, mode) values ($1, $2, $3, 'saga')
+           on conflict (key) do nothing returning transfer_id`,
+          [key, fingerprint, id],
+        );
+        if (rows[0] === undefined) {
+          const found = await findKey(key);
+          // Keys are never deleted: the row that conflicted is there.
+          if (found === undefined) throw new Error(`idempotency key ${key} vanished`);
+          replay(found, key);
+        }
+      }
+      const [status, transfer] = await bySaga(id, from, to, amount, key);
       // The saga's steps wrote through its own pools: a write through each ledger's cluster takes
       // a token at or past them (one WAL), so that a read with it shows the transfer.
       await Promise.all(Object.values(ledgers).map((ledger) => ledger.write('select 1'))).catch(
@@ -307,15 +370,40 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
       { id, account: from, delta: -amount },
       { id, account: to, delta: amount },
     ].sort((x, y) => ledgerOf(x.account).localeCompare(ledgerOf(y.account)));
-    let run: RunResult<void>;
-    try {
-      run = await admission.execute(() =>
-        coordinator.run(async (tx) => {
-          for (const side of sides) await post(tx, side);
-        }),
-      );
-    } catch (err) {
-      throw forClient(err, id);
+    let run: Pick<RunResult<void>, 'transaction' | 'pending'>;
+    /** The first transfer under the key: committed, so nothing is pending that a token can wait for. */
+    const replayRun = (found: KeyRow, sent: string): typeof run => ({
+      transaction: replay(found, sent).transaction ?? '',
+      pending: [],
+    });
+    const found = key === undefined ? undefined : await findKey(key);
+    if (found !== undefined && key !== undefined) {
+      run = replayRun(found, key);
+    } else {
+      try {
+        run = await admission.execute(() =>
+          coordinator.run(async (tx) => {
+            if (key !== undefined) {
+              // First, and in the same distributed transaction as the money: the key exists if
+              // and only if this transfer commits. A request with the same key running at the
+              // same time waits here for this one's outcome, then finds the key taken (or not).
+              const claimed = await tx.query(
+                KEYS_LEDGER,
+                `insert into transfer_keys (key, fingerprint, transfer_id, mode, transaction)
+                 values ($1, $2, $3, '2pc', $4) on conflict (key) do nothing`,
+                [key, fingerprint, id, tx.id],
+              );
+              if (claimed.rowCount === 0) throw new Error(`idempotency key ${key} is taken`);
+            }
+            for (const side of sides) await post(tx, side);
+          }),
+        );
+      } catch (err) {
+        // Whatever failed, a transfer under the same key may have committed meanwhile: answer it.
+        const committed = key === undefined ? undefined : await findKey(key).catch(() => undefined);
+        if (committed === undefined || key === undefined) throw forClient(err, id);
+        run = replayRun(committed, key);
+      }
     }
 
     // The commit went through the coordinator's own connections, not a cluster, so the session

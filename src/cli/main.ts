@@ -11,6 +11,8 @@ commands:
   stack up      start a local PostgreSQL primary and replicas (Ctrl-C stops them; --detach leaves them running)
   stack down    stop the local stack (--purge also deletes its data)
   stack status  show every node's role, state and URL (--json for scripts)
+  stack promote NODE   fail over: make replica NODE the primary
+  stack rebuild NODE   make NODE anew as a replica of the current primary
   measure       a staleness report for a primary and its replicas (--primary URL --replica URL)
 
 run "replikit stack --help" or "replikit measure --help" for the options`;

@@ -3,6 +3,8 @@ import { parseArgs } from 'node:util';
 import { LocalStack, type NodeStatus } from '../stack/index.js';
 
 const HELP = `usage: replikit stack up | down | status [options]
+       replikit stack promote NODE    make replica NODE the primary (a failover); the old primary stops
+       replikit stack rebuild NODE    make NODE anew as a streaming replica of the current primary
 
 options:
   --dir DIR        data folder (default REPLIKIT_STACK_DIR or .replikit)
@@ -25,7 +27,9 @@ function describe(node: NodeStatus): string {
       ? 'running'
       : `running, not answering: ${node.error}`
     : 'stopped';
-  return `${node.name.padEnd(10)} ${role.padEnd(8)} ${state.padEnd(8)} ${node.url}`;
+  const diverged =
+    node.diverged === true ? ` (diverged: "replikit stack rebuild ${node.name}")` : '';
+  return `${node.name.padEnd(10)} ${role.padEnd(8)} ${state.padEnd(8)} ${node.url}${diverged}`;
 }
 
 /** `replikit stack …`; returns the exit code. */
@@ -44,7 +48,7 @@ export async function stackCommand(argv: readonly string[]): Promise<number> {
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
-  const [action] = positionals;
+  const [action, nodeName] = positionals;
   if (values.help || action === undefined) {
     console.log(HELP);
     return values.help ? 0 : 2;
@@ -127,6 +131,26 @@ export async function stackCommand(argv: readonly string[]): Promise<number> {
         for (const node of nodes) console.log(describe(node));
       }
       return nodes.every((node) => node.running && node.error === undefined) ? 0 : 1;
+    }
+    case 'promote':
+    case 'rebuild': {
+      if (nodeName === undefined) {
+        console.error(
+          `replikit: stack ${action} needs a node name, e.g. "replikit stack ${action} replica1"`,
+        );
+        return 2;
+      }
+      const stack = await LocalStack.open({ dir, pgBin, log });
+      if (action === 'promote') {
+        const result = await stack.promote(nodeName);
+        log(
+          `${result.primary} is the primary (timeline ${result.timeline}, forked at ${result.switchLsn})`,
+        );
+      } else {
+        await stack.rebuild(nodeName);
+      }
+      for (const node of await stack.status()) console.log(describe(node));
+      return 0;
     }
     default:
       console.error(`replikit: unknown stack command "${action}"\n\n${HELP}`);

@@ -1,5 +1,7 @@
 import type pg from 'pg';
 
+import { ReplikitError } from '../errors.js';
+
 /** A database to connect to: a connection string, or a `pg` pool configuration. */
 export type DatabaseConnection = string | pg.PoolConfig;
 
@@ -31,9 +33,71 @@ export async function checkout(pool: pg.Pool): Promise<CheckedOutClient> {
   };
 }
 
+/** What {@link commitTransaction} needs of a client. */
+export interface CommitClient {
+  query(sql: string): Promise<{ command: string }>;
+}
+
 /**
- * Runs `fn` in one transaction on a client checked out of `pool`: committed when it resolves,
- * rolled back when it throws; a client whose rollback failed is discarded.
+ * Ends the transaction open on `client` with `statement` (COMMIT, or PREPARE TRANSACTION for a
+ * two-phase participant) and makes sure that it committed.
+ *
+ * Once any statement of a transaction has failed, the transaction is aborted, even if the caller
+ * caught the error and went on. PostgreSQL then answers COMMIT (and PREPARE TRANSACTION) not with
+ * an error but with the command tag ROLLBACK: treating a resolved COMMIT as success would report
+ * a transaction whose writes are all gone as committed. Every COMMIT replikit sends goes through
+ * here.
+ *
+ * @throws ReplikitError `TRANSACTION_ROLLED_BACK` when PostgreSQL rolled the transaction back.
+ */
+export async function commitTransaction(client: CommitClient, statement = 'commit'): Promise<void> {
+  const { command } = await client.query(statement);
+  if (command === 'ROLLBACK') {
+    throw new ReplikitError(
+      'TRANSACTION_ROLLED_BACK',
+      'the transaction was rolled back, not committed: one of its statements failed and the error was caught, which aborts the transaction (PostgreSQL answered COMMIT with ROLLBACK); nothing it wrote was kept',
+      { details: { statement: statement.split(' ', 2).join(' ').toUpperCase() } },
+    );
+  }
+}
+
+/**
+ * Runs `fn` in one transaction on `client`: BEGIN, `fn`, then a checked COMMIT
+ * ({@link commitTransaction}); when `fn` or the COMMIT throws, the transaction is rolled back and
+ * the error rethrown. When even the ROLLBACK fails the connection is in an unknown state:
+ * `onRollbackFailed` learns so, and the caller must not reuse the client.
+ */
+export async function transactionOn<C extends pg.ClientBase, T>(
+  client: C,
+  fn: (client: C) => Promise<T>,
+  onRollbackFailed: (err: unknown) => void = () => undefined,
+): Promise<T> {
+  await client.query('begin');
+  try {
+    const result = await fn(client);
+    await commitTransaction(client);
+    return result;
+  } catch (err) {
+    // After a COMMIT that answered ROLLBACK no transaction is open: this ROLLBACK only warns.
+    await client.query('rollback').catch(onRollbackFailed);
+    throw err;
+  }
+}
+
+/**
+ * Runs `fn` in one transaction on a client checked out of `pool`: committed when it resolves
+ * (and the COMMIT did commit, see {@link commitTransaction}), rolled back when it throws; a client
+ * whose rollback failed is discarded.
+ *
+ * ```ts
+ * const id = await inTransaction(pool, async (client) => {
+ *   const { rows } = await client.query('insert into orders (total) values ($1) returning id', [10]);
+ *   return rows[0].id;
+ * });
+ * ```
+ *
+ * @throws ReplikitError `TRANSACTION_ROLLED_BACK` when `fn` resolved but a statement of it had
+ *   failed (its error caught), so that PostgreSQL rolled the transaction back.
  */
 export async function inTransaction<T>(
   pool: pg.Pool,
@@ -42,17 +106,9 @@ export async function inTransaction<T>(
   const { client, release } = await checkout(pool);
   let broken = false;
   try {
-    await client.query('begin');
-    try {
-      const result = await fn(client);
-      await client.query('commit');
-      return result;
-    } catch (err) {
-      await client.query('rollback').catch(() => {
-        broken = true;
-      });
-      throw err;
-    }
+    return await transactionOn(client, fn, () => {
+      broken = true;
+    });
   } finally {
     release(broken);
   }

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 
 import { ReplikitError } from '../errors.js';
+import { transactionOn } from './checkout.js';
 
 /**
  * One schema change. `sql` may hold several statements; it runs in one transaction together with
@@ -119,23 +120,21 @@ export function planMigrations(
  * Runs `work` in a transaction holding the migration lock. When even the rollback fails the
  * connection is in an unknown state: `onBroken` learns so and the caller must not reuse it.
  */
-async function inTransaction<T>(
+function withMigrationLock<T>(
   client: pg.PoolClient,
   onBroken: (err: Error) => void,
   work: () => Promise<T>,
 ): Promise<T> {
-  await client.query('begin');
-  try {
-    await client.query('select pg_advisory_xact_lock($1::bigint)', [LOCK_KEY]);
-    const result = await work();
-    await client.query('commit');
-    return result;
-  } catch (err) {
-    await client.query('rollback').catch((rollbackError: unknown) => {
+  return transactionOn(
+    client,
+    async () => {
+      await client.query('select pg_advisory_xact_lock($1::bigint)', [LOCK_KEY]);
+      return work();
+    },
+    (rollbackError: unknown) => {
       onBroken(rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError)));
-    });
-    throw err;
-  }
+    },
+  );
 }
 
 /**
@@ -163,7 +162,7 @@ export async function migrate(
     broken = err;
   };
   try {
-    const plan = await inTransaction(client, onBroken, async () => {
+    const plan = await withMigrationLock(client, onBroken, async () => {
       await client.query(
         `create table if not exists ${MIGRATIONS_TABLE} (
            id text primary key,
@@ -182,7 +181,7 @@ export async function migrate(
     for (const migration of plan.pending) {
       options.signal?.throwIfAborted();
       const started = performance.now();
-      const done = await inTransaction(client, onBroken, async () => {
+      const done = await withMigrationLock(client, onBroken, async () => {
         // Another process may have applied it while this one waited for the lock.
         const { rowCount } = await client.query(`select 1 from ${MIGRATIONS_TABLE} where id = $1`, [
           migration.id,

@@ -4,7 +4,7 @@ import type pg from 'pg';
 import type { Cluster, ReadResult } from '../routing/cluster.js';
 import type { Consistency } from '../routing/consistency.js';
 import { mergeTokens, type ConsistencyToken } from '../routing/consistency-token.js';
-import { normalizeInsertLsn } from '../routing/lsn.js';
+import { normalizeInsertLsn, parseLsn } from '../routing/lsn.js';
 import { currentSession, recordToken } from '../routing/session.js';
 import { EventStoreError } from './event-store-error.js';
 import type { EventStore } from './event-store.js';
@@ -178,6 +178,28 @@ export class ReadModel {
       ...(token === undefined ? {} : { token: mergeTokens(options.token, token)! }),
     });
     return { ...result, stale: false, checkpoint: waited.checkpoint };
+  }
+
+  /**
+   * A consistency token for everything committed on the store's primary so far, recorded in the
+   * current session (under `replikit/express`, the response's `X-Consistency-Token` and cookie).
+   * Call it once a write such as an append has resolved: the position is read after that COMMIT
+   * returned, so it is at or past the commit record, and a read with read-your-writes that carries
+   * the token is served by a node that has the write. Appends return a projection `position`, not
+   * a token: this is how a client that only holds tokens asks for its own appends.
+   *
+   * ```ts
+   * const { position } = await store.append(`user-${id}`, [renamed]);
+   * const token = await profiles.tokenAfterWrite();
+   * ```
+   */
+  async tokenAfterWrite(): Promise<ConsistencyToken | undefined> {
+    const { rows } = await this.#options.store.pool.query<{ lsn: string }>(
+      'select pg_current_wal_insert_lsn()::text as lsn',
+    );
+    const token = await this.#tokenAt(parseLsn(rows[0]?.lsn ?? ''));
+    if (token !== undefined) recordToken(token);
+    return token;
   }
 
   /** A token for `lsn` on the cluster's primary; `undefined` when its identity is not known yet. */

@@ -50,11 +50,16 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   // A person's action that does not fit the saga's state (retrying a finished saga, compensating
   // one past its pivot).
   SAGA_INVALID_STATE: 409,
+  // Compensating a saga whose pivot may have gone through: undoing the steps before it could
+  // leave half a saga. The detail says what to do instead (wait, or retry the saga).
+  SAGA_PIVOT_IN_DOUBT: 409,
   // An append's expected version did not match the stream's (carries both), or an event id was
   // reused for other data.
   EVENTSTORE_CONCURRENCY: 409,
   EVENTSTORE_EVENT_ID_CONFLICT: 409,
   PROJECTION_STATE: 409,
+  // An Idempotency-Key sent again with a different request: nothing changed, the first stands.
+  IDEMPOTENCY_KEY_REUSED: 422,
   // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
   INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.
@@ -76,6 +81,12 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TWOPC_IN_DOUBT: 503,
   // Faults of the deployment, not of the request: the message helps whoever runs the service.
   CONFIG_INVALID: 500,
+  // Committed on some participants only, settled by someone else against the decision: a person
+  // must repair it, and sending the request again would not.
+  TWOPC_PARTIAL_COMMIT: 500,
+  // Code that caught a failed statement inside a transaction: PostgreSQL rolled it all back.
+  // A bug of the server's code, never reported as success.
+  TRANSACTION_ROLLED_BACK: 500,
   SAGA_UNKNOWN: 500,
   SAGA_INVALID_DEFINITION: 500,
   EVENTSTORE_UPCASTER_INVALID: 500,

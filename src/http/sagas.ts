@@ -131,10 +131,12 @@ function toDetailsView(engine: SagaEngine, details: SagaDetails): SagaDetailsVie
  * - `GET /sagas?status=&saga=&idleForMs=&before=&limit=` → `{ sagas }`, newest first; with
  *   `idleForMs`, the sagas not updated for that long (stuck ones, with `status=running`);
  * - `POST /sagas/:id/retry` → 202, a saga that needs attention runs its failed action again;
- * - `POST /sagas/:id/compensate` → 202, a running saga (before its pivot) is compensated.
+ * - `POST /sagas/:id/compensate` → 202, a running saga (before its pivot) is compensated; the
+ *   process holding it is fenced first.
  *
  * Errors: 404 `SAGA_NOT_FOUND`, 409 `SAGA_INVALID_STATE` (finished, past the pivot, not needing
- * attention). Given several engines (each with a saga log of its own), it serves them all. Mount
+ * attention), 409 `SAGA_PIVOT_IN_DOUBT` (compensate: its remote pivot was called and may have gone
+ * through; the detail says to wait, or to retry a saga that needs attention). Given several engines (each with a saga log of its own), it serves them all. Mount
  * it behind your own authentication: it changes what sagas do.
  *
  * ```ts

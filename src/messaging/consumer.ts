@@ -2,7 +2,7 @@ import { SpanKind, SpanStatusCode, trace, type Tracer } from '@opentelemetry/api
 import { ExponentialBackoff, type IBackoffFactory } from 'cockatiel';
 import type pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, commitTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { migrate } from '../db/migrate.js';
 import { newSession, withSession } from '../routing/session.js';
 import {
@@ -304,7 +304,9 @@ export class Consumer<P = unknown> {
       await withSession(newSession({ token: message.token }), () =>
         this.#options.handler(message, client, signal),
       );
-      await client.query('commit');
+      // A handler that caught a failed statement aborted the transaction, inbox row included:
+      // the checked COMMIT makes that a failed attempt, retried, not a message handled and lost.
+      await commitTransaction(client);
       return 'handled';
     } catch (err) {
       await client.query('rollback').catch(() => {

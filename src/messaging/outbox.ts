@@ -46,10 +46,11 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
  * notifies the relay, which PostgreSQL delivers at commit. Returns the message ids, in order.
  *
  * ```ts
- * await client.query('begin');
- * await client.query('insert into orders (id, amount) values ($1, $2)', [orderId, amount]);
- * await enqueue(client, { topic: 'orders.placed', key: orderId, payload: { orderId, amount } });
- * await client.query('commit');
+ * // inTransaction checks what COMMIT answered: a caught statement error rolls all of it back.
+ * await inTransaction(pool, async (client) => {
+ *   await client.query('insert into orders (id, amount) values ($1, $2)', [orderId, amount]);
+ *   await enqueue(client, { topic: 'orders.placed', key: orderId, payload: { orderId, amount } });
+ * });
  * ```
  *
  * Messages of one key are published in the order of their `position`, which is assigned at this

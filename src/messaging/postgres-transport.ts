@@ -1,6 +1,6 @@
 import type pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, commitTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { migrate } from '../db/migrate.js';
 import { errorMessage, normalizeHeaders, type OutgoingMessage } from './message.js';
 import { MessagingError } from './messaging-error.js';
@@ -288,7 +288,7 @@ class PostgresSubscription implements Subscription {
         [this.#options.group, limit],
       );
       if (rows.length === 0) {
-        await client.query('commit');
+        await commitTransaction(client);
         return 0;
       }
       const outcomes = await Promise.all(rows.map((row) => this.#handle(row)));
@@ -311,7 +311,7 @@ class PostgresSubscription implements Subscription {
           [retries.map((r) => r.seq), retries.map((r) => r.delayMs)],
         );
       }
-      await client.query('commit');
+      await commitTransaction(client);
       for (const { delayMs } of retries) this.#wakeAfter(delayMs);
       return rows.length;
     } catch (err) {

@@ -1,7 +1,7 @@
 import { SpanKind, SpanStatusCode, trace, type Link, type Tracer } from '@opentelemetry/api';
 import type pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, commitTransaction, type DatabaseConnection } from '../db/checkout.js';
 import { migrate } from '../db/migrate.js';
 import { normalizeInsertLsn, parseLsn } from '../routing/lsn.js';
 import { isName, Listener, openPool, type MessagingLogger, type OwnedPool } from './connections.js';
@@ -262,7 +262,7 @@ export class Relay {
         [limit],
       );
       if (rows.length === 0) {
-        await client.query('commit');
+        await commitTransaction(client);
         return 0;
       }
       const messages = await this.#withTokens(client, rows);
@@ -270,7 +270,7 @@ export class Relay {
       await client.query(`delete from ${OUTBOX_TABLE} where position = any($1::bigint[])`, [
         rows.map((row) => row.position),
       ]);
-      await client.query('commit');
+      await commitTransaction(client);
       return rows.length;
     } catch (err) {
       broken = true;

@@ -2,7 +2,7 @@ import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opente
 import { CircuitState } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import { checkout, transactionOn, type DatabaseConnection } from '../db/checkout.js';
 import { DEFAULT_CONSISTENCY, type Consistency } from './consistency.js';
 import {
   encodeToken,
@@ -23,11 +23,20 @@ import {
   type MonitorOptions,
   type PrimarySample,
   type ReplicaHealth,
+  type ReplicaSample,
   type ServerIdentity,
 } from './node-monitor.js';
 import { RoutingError } from './routing-error.js';
 import type { RouteReason, RoutingObserver } from './routing-observer.js';
 import { currentSession, recordToken } from './session.js';
+import {
+  hasReplayed,
+  historyFileName,
+  parseTimelineHistory,
+  relateTimelines,
+  type PrimaryTimeline,
+  type TimelineHistory,
+} from './timeline.js';
 import { errorMessage } from '../errors.js';
 
 /** A node to connect to: a connection string, or a `pg` pool configuration. */
@@ -134,6 +143,8 @@ interface ReplicaEntry {
 }
 
 const SYSTEM_TIMEOUT_MS = 5000;
+/** How long a failed read of the primary's timeline history stands before it is tried again. */
+const HISTORY_RETRY_MS = 5000;
 
 function poolConfig(connection: NodeConnection, max: number, role: string): pg.PoolConfig {
   const base = typeof connection === 'string' ? { connectionString: connection } : connection;
@@ -213,6 +224,9 @@ export class Cluster {
   #started = false;
   #allOut = false;
   #closed = false;
+  /** The primary's timeline history, read once per timeline when a replica is on another one. */
+  #history:
+    { readonly timeline: number; history: TimelineHistory | undefined; readAt: number } | undefined;
 
   constructor(options: ClusterOptions) {
     this.#options = options;
@@ -284,6 +298,9 @@ export class Cluster {
    * Runs `fn` in one transaction on the primary. The token is taken after COMMIT returns: a
    * position read before it could precede the commit record, and a replica at that position
    * would not yet show the transaction (DESIGN.md §1).
+   *
+   * @throws ReplikitError `TRANSACTION_ROLLED_BACK` when `fn` resolved after catching the error of
+   *   one of its statements: that aborted the transaction, and PostgreSQL rolled it back.
    */
   async transaction<T>(
     fn: (client: TransactionClient) => Promise<T>,
@@ -291,15 +308,11 @@ export class Cluster {
     this.#assertOpen();
     await this.#ready;
     return withClient(this.primary, async (client) => {
-      await client.query('begin');
-      let result: T;
-      try {
-        result = await fn({ query: (sql, params) => client.query(sql, params as unknown[]) });
-        await client.query('commit');
-      } catch (err) {
-        await client.query('rollback').catch(() => undefined);
-        throw err;
-      }
+      // A callback that caught a failed statement leaves the transaction aborted and its COMMIT
+      // answered with ROLLBACK: transactionOn checks, so no token is handed out for lost writes.
+      const result = await transactionOn(client, () =>
+        fn({ query: (sql, params) => client.query(sql, params as unknown[]) }),
+      );
       return { result, token: await this.#tokenAfterCommit(client) };
     });
   }
@@ -608,7 +621,11 @@ export class Cluster {
   /** When a replica provably showed every commit, from its cached replay position. */
   #provenAsOf(replica: ReplicaEntry): number | undefined {
     const replayed = replica.monitor.sample?.replayLsn;
-    return replayed === undefined ? undefined : this.#lag.provenAsOf(replayed);
+    // Only a position on the primary's timeline (or on an ancestor, before the fork) compares
+    // with the primary's samples: a replica left past the fork shows a high position that proves
+    // nothing, and until its health says diverged it is still in rotation.
+    if (replayed === undefined || !this.#hasReplayed(replica, replayed)) return undefined;
+    return this.#lag.provenAsOf(replayed);
   }
 
   /**
@@ -623,9 +640,7 @@ export class Cluster {
   ): Promise<Route> {
     const usable = this.#usable();
     if (usable.length === 0) return this.#noReplica();
-    const caughtUp = this.#pick(
-      usable.filter((replica) => (replica.monitor.sample?.replayLsn ?? -1n) >= required),
-    );
+    const caughtUp = this.#pick(usable.filter((replica) => this.#hasReplayed(replica, required)));
     if (caughtUp !== undefined) {
       if (span.isRecording())
         span.setAttribute('replikit.replica.lsn', formatLsn(caughtUp.monitor.sample!.replayLsn!));
@@ -869,12 +884,24 @@ export class Cluster {
     if (replica === undefined) return;
     const before = replica.health;
     replica.health = this.#health(replica);
-    if (before.state !== replica.health.state && before.state !== 'starting') {
+    const health = replica.health;
+    // A replica that cannot follow the primary is worth a warning even on the first sample.
+    if (
+      before.state !== health.state &&
+      (before.state !== 'starting' || health.state === 'diverged')
+    ) {
       const fields = {
         replica: replica.name,
         from: before.state,
-        to: replica.health.state,
+        to: health.state,
         ...(monitor.lastError === undefined ? {} : { err: monitor.lastError }),
+        ...(health.state === 'diverged'
+          ? {
+              timeline: health.timeline,
+              primaryTimeline: health.primaryTimeline,
+              forkLsn: health.forkLsn,
+            }
+          : {}),
       };
       if (replica.health.state === 'healthy')
         this.#options.logger?.info?.(fields, 'replica back in rotation');
@@ -927,10 +954,82 @@ export class Cluster {
     ) {
       return { state: 'foreign', systemId: sample.systemId };
     }
+    const diverged =
+      primary === undefined ? undefined : this.#diverged(sample, primary, current, now);
+    if (diverged !== undefined) return diverged;
     const maxLagMs = this.#options.maxLagMs ?? 30_000;
     const lag = this.#lagMs(replica, now);
     if (current.state === 'lagging') return lag < maxLagMs / 2 ? { state: 'healthy' } : current;
     return lag > maxLagMs ? { state: 'lagging', since: now } : { state: 'healthy' };
+  }
+
+  /**
+   * Whether a replica has replayed the primary's WAL up to `required`. A position compares with
+   * another only on one timeline: after a failover, a replica left on the old timeline past the
+   * fork shows a position beyond new writes that it will never hold.
+   */
+  #hasReplayed(replica: ReplicaEntry, required: Lsn): boolean {
+    const sample = replica.monitor.sample;
+    const primary = this.#primaryMonitor.sample;
+    if (sample === undefined || primary === undefined) return false;
+    return hasReplayed(sample, this.#primaryTimeline(primary, sample.timeline), required);
+  }
+
+  /** `diverged` health for a replica that cannot follow the primary's timeline, else `undefined`. */
+  #diverged(
+    sample: ReplicaSample,
+    primary: PrimarySample,
+    current: ReplicaHealth,
+    now: number,
+  ): ReplicaHealth | undefined {
+    const relation = relateTimelines(sample, this.#primaryTimeline(primary, sample.timeline));
+    if (relation.kind !== 'diverged') return undefined;
+    return {
+      state: 'diverged',
+      since: current.state === 'diverged' ? current.since : now,
+      ...(sample.timeline === undefined ? {} : { timeline: sample.timeline }),
+      primaryTimeline: primary.timeline,
+      ...(relation.forkLsn === undefined ? {} : { forkLsn: formatLsn(relation.forkLsn) }),
+    };
+  }
+
+  /**
+   * The primary's timeline, with its history when a replica is on another timeline. The history
+   * is read in the background (a later sample uses it); until then such a replica counts as
+   * diverged, which keeps reads off it rather than trusting an unproven position.
+   */
+  #primaryTimeline(primary: PrimarySample, replicaTimeline: number | undefined): PrimaryTimeline {
+    if (replicaTimeline === undefined || replicaTimeline >= primary.timeline)
+      return { timeline: primary.timeline, history: undefined };
+    const cached = this.#history;
+    if (cached?.timeline === primary.timeline && cached.history !== undefined)
+      return { timeline: primary.timeline, history: cached.history };
+    if (cached?.timeline !== primary.timeline || Date.now() - cached.readAt > HISTORY_RETRY_MS) {
+      const entry = { timeline: primary.timeline, history: undefined, readAt: Date.now() };
+      this.#history = entry;
+      void this.#readHistory(entry);
+    }
+    return { timeline: primary.timeline, history: undefined };
+  }
+
+  async #readHistory(entry: {
+    timeline: number;
+    history: TimelineHistory | undefined;
+  }): Promise<void> {
+    try {
+      // pg_read_file needs superuser or an explicit grant; without it, replicas on an older
+      // timeline stay out of rotation until they reach the primary's.
+      const { rows } = await this.primary.query<{ text: string }>(
+        'select pg_read_file($1) as text',
+        [`pg_wal/${historyFileName(entry.timeline)}`],
+      );
+      entry.history = parseTimelineHistory(rows[0]?.text ?? '');
+    } catch (err) {
+      this.#options.logger?.warn(
+        { timeline: entry.timeline, err: errorMessage(err) },
+        "cannot read the primary's timeline history; replicas on older timelines stay out of rotation",
+      );
+    }
   }
 
   #pool(pool: pg.Pool, name: string): pg.Pool {

@@ -26,6 +26,12 @@ export interface ReplicaSample {
   readonly systemId: string | undefined;
   /** `pg_postmaster_start_time()` in seconds since the epoch, as text: changes at every restart. */
   readonly startedAt: string | undefined;
+  /**
+   * The timeline the replica streams (`pg_stat_wal_receiver.received_tli`) while its WAL receiver
+   * runs, else the timeline of its latest restartpoint, which lags behind a timeline switch (so a
+   * replica may look diverged a little longer than it is, never the other way round).
+   */
+  readonly timeline?: number | undefined;
 }
 
 /** What one look at the primary showed. */
@@ -49,7 +55,10 @@ export interface PrimarySample {
 /**
  * The server a position was read from. Positions only move forward on one running server: a
  * restart (it may come back from an older backup, or replay from an earlier restart point) or
- * another server behind the same address makes a cached position mean nothing.
+ * another server behind the same address makes a cached position mean nothing. The timeline is
+ * not part of it: a running replica moves to a new timeline when it follows a promotion, and
+ * whether its positions still compare with the primary's is the timeline check's to say
+ * (timeline.ts); a primary's timeline is compared as well ({@link samePrimary}).
  */
 export interface ServerIdentity {
   readonly systemId: string | undefined;
@@ -103,7 +112,11 @@ export function nextPrimarySample(
  *   half the threshold (hysteresis);
  * - `down`: unreachable, timing out or failing; its circuit breaker is open;
  * - `promoted`: no longer in recovery, so no longer a replica of this primary;
- * - `foreign`: a replica of another cluster.
+ * - `foreign`: a replica of another cluster;
+ * - `diverged`: on another timeline than the primary (`timeline`, `primaryTimeline`) and past the
+ *   position where the primary's timeline forked off it (`forkLsn`), so it holds WAL the primary
+ *   never wrote and can never follow it (rebuild it); `forkLsn` is absent when the primary's
+ *   timeline history could not be read to prove that the replica can follow.
  */
 export type ReplicaHealth =
   | { readonly state: 'starting' }
@@ -111,7 +124,14 @@ export type ReplicaHealth =
   | { readonly state: 'lagging'; readonly since: number }
   | { readonly state: 'down'; readonly since: number; readonly error: string }
   | { readonly state: 'promoted'; readonly since: number }
-  | { readonly state: 'foreign'; readonly systemId: string };
+  | { readonly state: 'foreign'; readonly systemId: string }
+  | {
+      readonly state: 'diverged';
+      readonly since: number;
+      readonly timeline?: number;
+      readonly primaryTimeline: number;
+      readonly forkLsn?: string;
+    };
 
 /** Options shared by the monitors. */
 export interface MonitorOptions {
@@ -132,7 +152,9 @@ const REPLICA_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as last_replay_at,
   coalesce((select status = 'streaming' from pg_stat_wal_receiver), false) as streaming,
   (select system_identifier::text from pg_control_system()) as system_id,
-  extract(epoch from pg_postmaster_start_time())::text as started_at`;
+  extract(epoch from pg_postmaster_start_time())::text as started_at,
+  coalesce((select received_tli from pg_stat_wal_receiver),
+    (select timeline_id from pg_control_checkpoint())) as timeline`;
 
 // While reads wait, only the replay position matters: the cheapest query that answers it.
 const REPLICA_POLL = 'select pg_last_wal_replay_lsn()::text as replay_lsn';
@@ -333,6 +355,7 @@ export class ReplicaMonitor {
         streaming: boolean;
         system_id: string;
         started_at: string;
+        timeline: number | null;
       }>(REPLICA_SAMPLE),
     );
     if (row === undefined) throw new Error('the replica sample returned no row');
@@ -346,6 +369,7 @@ export class ReplicaMonitor {
       streaming: row.streaming,
       systemId: row.system_id,
       startedAt: row.started_at,
+      timeline: row.timeline ?? undefined,
     };
   }
 

@@ -70,7 +70,13 @@ export interface StepRetryOptions {
 interface StepBase {
   /** Unique within the saga: lower-case letters, digits and `_`. Names the step in the log, metrics and spans. */
   readonly name: string;
-  /** Bound on one attempt; the attempt's signal is aborted and it counts as failed (outcome unknown). */
+  /**
+   * Bound on one attempt; the attempt's signal is aborted and it counts as failed (outcome unknown).
+   * A local step's attempt that times out is abandoned with its transaction: the transaction is
+   * rolled back and its connection closed, the `tx` the step was given refuses every later query
+   * (`SAGA_STEP_ABANDONED`), and the server stops each of its statements after the same time
+   * (`statement_timeout`), so code that outlives its timeout can never commit a second effect.
+   */
   readonly timeoutMs?: number;
   readonly retry?: StepRetryOptions;
   readonly compensationRetry?: StepRetryOptions;

@@ -16,18 +16,24 @@ import {
   BrokenCircuitError,
   circuitBreaker,
   ConsecutiveBreaker,
-  handleAll,
+  handleWhen,
   noop,
   TaskCancelledError,
   timeout,
   TimeoutStrategy,
   wrap,
   type CircuitBreakerPolicy,
+  type IDisposable,
   type IPolicy,
 } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
+import {
+  checkout,
+  commitTransaction,
+  inTransaction,
+  type DatabaseConnection,
+} from '../db/checkout.js';
 import { GroupCommit } from '../db/group-commit.js';
 import { migrate } from '../db/migrate.js';
 import type {
@@ -42,6 +48,7 @@ import type {
 } from './define-saga.js';
 import { SagaError, StepRejected } from './saga-error.js';
 import { SettledSagas } from './settled-sagas.js';
+import { stepTransaction } from './step-transaction.js';
 import {
   claimSagas,
   countUnfinished,
@@ -67,6 +74,7 @@ import {
   forcedCompensation,
   initialTransition,
   nextAction,
+  pivotIntent,
   resumeTransition,
   TERMINAL_STATUSES,
   transition,
@@ -114,11 +122,18 @@ export interface SagaObserver {
 
 /** A downstream service's circuit breaker, and how long a step waits when it is open. */
 export interface ServiceOptions {
+  /**
+   * Default: `circuitBreaker(handleWhen((err) => !(err instanceof StepRejected)), { halfOpenAfter:
+   * 5000, breaker: new ConsecutiveBreaker(5) })`. Build yours with the same `handleWhen`: a
+   * {@link StepRejected} is the service's answer, and a breaker that counted refusals as failures
+   * would let any client that sends refusable requests park everyone's steps.
+   */
   readonly breaker?: CircuitBreakerPolicy;
   /**
    * While the breaker is open, a step that calls the service is parked for this long (the next
    * attempt time is saved), without using up an attempt. Default: 5000 ms, the default breaker's
-   * `halfOpenAfter`; set it to your breaker's.
+   * `halfOpenAfter`; set it to your breaker's. Parked steps in this process also resume as soon
+   * as a call closes the breaker again.
    */
   readonly parkMs?: number;
 }
@@ -252,6 +267,9 @@ export class SagaEngine {
   readonly #inserts: GroupCommit<NewSaga, boolean>;
   readonly #checkpoints: GroupCommit<Checkpoint, boolean>;
   readonly #settled = new SettledSagas();
+  /** The service each parked saga waits for, so that the breaker closing wakes it. */
+  readonly #parkedOn = new WeakMap<Instance, string>();
+  readonly #breakerListeners: IDisposable[] = [];
   #reserved = 0;
   #timers: NodeJS.Timeout[] = [];
   #pollTimer: NodeJS.Timeout | undefined;
@@ -294,12 +312,18 @@ export class SagaEngine {
         entry = {
           breaker:
             configured?.breaker ??
-            circuitBreaker(handleAll, {
-              halfOpenAfter: 5000,
-              breaker: new ConsecutiveBreaker(5),
-            }),
+            // A refusal is an answer, not a failure of the service. cockatiel rethrows an error
+            // its policy does not handle without counting it, and a half-open trial that ends in
+            // one closes the breaker: refusals can neither open it nor keep it open.
+            circuitBreaker(
+              handleWhen((err) => !(err instanceof StepRejected)),
+              { halfOpenAfter: 5000, breaker: new ConsecutiveBreaker(5) },
+            ),
           parkMs: configured?.parkMs ?? 5000,
         };
+        this.#breakerListeners.push(
+          entry.breaker.onReset(() => queueMicrotask(() => this.#wakeParked(service))),
+        );
         breakers.set(service, entry);
       }
       return entry;
@@ -549,22 +573,43 @@ export class SagaEngine {
   /**
    * Compensates a saga now: a running one stops going forward (the step in progress is treated
    * as of unknown outcome and compensated too), one that needs attention after a failed
-   * compensation retries it.
+   * compensation retries it. The process holding the saga is fenced in the same transaction:
+   * its next checkpoint is refused, so it cannot go on to the pivot.
    *
-   * @throws SagaError `SAGA_NOT_FOUND`; `SAGA_INVALID_STATE` when the saga finished or passed its pivot.
+   * @throws SagaError `SAGA_NOT_FOUND`; `SAGA_INVALID_STATE` when the saga finished or passed its
+   *   pivot; `SAGA_PIVOT_IN_DOUBT` once the pivot's call was made and its outcome is not known
+   *   (wait for it, or {@link SagaEngine.retry} a saga that needs attention there).
    */
   compensate(id: string): Promise<SagaRecord> {
     return this.#override(id, (definition, state) => {
-      const next = forcedCompensation(definition, state);
-      if (next === undefined)
-        throw new SagaError(
-          'SAGA_INVALID_STATE',
-          isTerminal(state)
-            ? `saga ${id} is ${state.status}: there is nothing to compensate`
-            : `saga ${id} is past its pivot step and can no longer be compensated`,
-          { details: { id, status: state.status } },
-        );
-      return next;
+      const decision = forcedCompensation(definition, state);
+      if (decision.kind === 'accepted') return decision.transition;
+      const step = definition.steps[state.stepIndex]?.name;
+      const details = { id, status: state.status, ...(step === undefined ? {} : { step }) };
+      switch (decision.reason) {
+        case 'finished':
+          throw new SagaError(
+            'SAGA_INVALID_STATE',
+            `saga ${id} is ${state.status}: there is nothing to compensate`,
+            { details },
+          );
+        case 'past_pivot':
+          throw new SagaError(
+            'SAGA_INVALID_STATE',
+            `saga ${id} is past its pivot step and can no longer be compensated`,
+            { details },
+          );
+        case 'pivot_in_doubt':
+          throw new SagaError(
+            'SAGA_PIVOT_IN_DOUBT',
+            `saga ${id} has called its pivot step ${step ?? ''} and its outcome is not known: ` +
+              'it may have gone through, and undoing the steps before it would leave half a saga. ' +
+              (state.status === 'needs_attention'
+                ? 'Retry the saga instead (the pivot runs again with the same idempotency key).'
+                : 'Wait for the step to finish.'),
+            { details },
+          );
+      }
     });
   }
 
@@ -605,6 +650,7 @@ export class SagaEngine {
     if (this.#closing) return;
     this.#closing = true;
     for (const timer of this.#timers) clearInterval(timer);
+    for (const listener of this.#breakerListeners) listener.dispose();
     if (this.#pollTimer !== undefined) clearTimeout(this.#pollTimer);
     const deadline = Date.now() + (options.timeoutMs ?? 10_000);
     while ([...this.#instances.values()].some((i) => i.busy) && Date.now() < deadline) {
@@ -646,35 +692,43 @@ export class SagaEngine {
     }
   }
 
+  /**
+   * Applies a person's decision: reads the saga under its row lock, decides, and writes the
+   * decision with a new epoch in one transaction. A checkpoint of the holder (a step's result, the
+   * pivot's intent) either committed before the read, and the decision sees it, or comes after
+   * the new epoch and is refused. Deciding from an unlocked read would let the holder log the
+   * pivot's intent (and call it) between the read and the write.
+   */
   async #override(
     id: string,
     decide: (definition: SagaDefinition<unknown>, state: SagaState) => Transition,
   ): Promise<SagaRecord> {
     this.#assertOpen();
-    for (let tries = 0; tries < 5; tries++) {
-      const record = await readSaga(this.#pool, id);
-      if (record === undefined)
+    const record = await inTransaction(this.#pool, async (client) => {
+      const current = await readSaga(client, id, { forUpdate: true });
+      if (current === undefined)
         throw new SagaError('SAGA_NOT_FOUND', `no saga has id ${id}`, { details: { id } });
-      const definition = this.#definitions.get(`${record.saga}@${record.version}`);
+      const definition = this.#definitions.get(`${current.saga}@${current.version}`);
       if (definition === undefined)
         throw new SagaError(
           'SAGA_UNKNOWN',
-          `this engine does not know saga ${record.saga}@${record.version}`,
-          { details: { saga: `${record.saga}@${record.version}` } },
+          `this engine does not know saga ${current.saga}@${current.version}`,
+          { details: { saga: `${current.saga}@${current.version}` } },
         );
-      const next = decide(definition, record.state);
-      if (await overrideSaga(this.#pool, id, record.epoch, next)) {
-        this.#settled.forget(id);
-        // A local holder, if any, is fenced by the new epoch; drop it now rather than at its next write.
-        const local = this.#instances.get(id);
-        if (local !== undefined) this.#drop(local, 'overridden');
-        this.#schedulePoll(0);
-        return (await readSaga(this.#pool, id)) ?? record;
-      }
-    }
-    throw new SagaError('SAGA_INVALID_STATE', `saga ${id} keeps changing; try again`, {
-      details: { id },
+      const next = decide(definition, current.state);
+      // Under the lock the epoch cannot have moved; checked all the same.
+      if (!(await overrideSaga(client, id, current.epoch, next)))
+        throw new SagaError('SAGA_INVALID_STATE', `saga ${id} changed; try again`, {
+          details: { id },
+        });
+      return current;
     });
+    this.#settled.forget(id);
+    // A local holder, if any, is fenced by the new epoch; drop it now rather than at its next write.
+    const local = this.#instances.get(id);
+    if (local !== undefined) this.#drop(local, 'overridden');
+    this.#schedulePoll(0);
+    return (await readSaga(this.#pool, id)) ?? record;
   }
 
   #schedulePoll(delayMs: number): void {
@@ -775,14 +829,19 @@ export class SagaEngine {
       this.#leaseMs,
     );
     for (const instance of due) {
-      if (renewed.has(instance.id)) instance.leaseUntil = now + this.#leaseMs;
-      else if (this.#instances.get(instance.id) === instance) this.#drop(instance, 'fenced');
+      const held = renewed.get(instance.id);
+      if (held === true) instance.leaseUntil = now + this.#leaseMs;
+      // `false`: the saga's own final (or releasing) checkpoint won the race with this renewal;
+      // the engine settles it as soon as it hears of that write. Not fenced.
+      else if (held === undefined && this.#instances.get(instance.id) === instance)
+        this.#drop(instance, 'fenced');
     }
   }
 
   /** Drives the instance in the background; every error is handled inside. */
   #start(instance: Instance): void {
     instance.timer = undefined;
+    this.#parkedOn.delete(instance);
     instance.busy = true;
     this.#drive(instance)
       .catch((err: unknown) => {
@@ -812,6 +871,13 @@ export class SagaEngine {
       if (action.kind === 'none') {
         this.#settle(instance);
         return;
+      }
+      if (action.kind === 'run') {
+        // Logged (fenced) before the pivot's call: a forced compensation that comes later is
+        // refused, and one that came first has raised the epoch, so this write fails and the
+        // pivot is never called.
+        const intent = pivotIntent(definition, instance.state, action.index);
+        if (intent !== undefined) await this.#commit(instance, intent);
       }
       const next =
         action.kind === 'finish'
@@ -928,29 +994,49 @@ export class SagaEngine {
         let broken = false;
         try {
           await client.query('begin');
+          if (step.timeoutMs !== undefined) {
+            // The server's bound on each statement of the attempt: a statement still running when
+            // the attempt is abandoned stops within timeoutMs, releasing its locks for the retry.
+            await client.query(`select set_config('statement_timeout', $1, true)`, [
+              String(Math.min(Math.ceil(step.timeoutMs), 2_147_483_647)),
+            ]);
+          }
+          const { tx, revoke } = stepTransaction(client, step.name);
+          const code = { settled: false };
           let outcome: AttemptOutcome;
           try {
-            const output = await policy.execute(
-              ({ signal }) =>
-                phase === 'run'
-                  ? step.run({ ...base, signal }, client)
+            const output = await policy.execute(async ({ signal }) => {
+              try {
+                return await (phase === 'run'
+                  ? step.run({ ...base, signal }, tx)
                   : (step.compensate as NonNullable<typeof step.compensate>)(
                       compensation(signal),
-                      client,
-                    ),
-              instance.controller.signal,
-            );
+                      tx,
+                    ));
+              } finally {
+                code.settled = true;
+              }
+            }, instance.controller.signal);
             outcome = { kind: 'completed', output: output ?? null };
           } catch (err) {
             outcome = this.#classify(err, step, parkMs);
+          } finally {
+            revoke();
+          }
+          if (!code.settled) {
+            // Abandoned (timed out, or the lease was lost) while its code still runs: a query it
+            // has in flight must not commit and the connection must serve nobody else. Closing
+            // the connection ends the transaction without waiting for that query.
+            broken = true;
+            release(true);
           }
           if (instance.controller.signal.aborted) {
-            await client.query('rollback');
+            if (!broken) await client.query('rollback');
             span.end();
             return undefined;
           }
           if (outcome.kind !== 'completed') {
-            await client.query('rollback');
+            if (!broken) await client.query('rollback');
             report(outcome);
             const next = transition(definition, instance.state, action, outcome);
             await this.#commit(instance, next);
@@ -961,8 +1047,10 @@ export class SagaEngine {
           await this.#commit(instance, next, client);
           return next;
         } catch (err) {
-          broken = !(err instanceof Fenced);
-          await client.query('rollback').catch(() => undefined);
+          if (!broken) {
+            broken = !(err instanceof Fenced);
+            await client.query('rollback').catch(() => undefined);
+          }
           throw err;
         } finally {
           release(broken);
@@ -983,6 +1071,8 @@ export class SagaEngine {
       } catch (err) {
         outcome = this.#classify(err, step, parkMs);
       }
+      if (outcome.kind === 'circuit_open' && step.service !== undefined)
+        this.#parkedOn.set(instance, step.service);
       if (instance.controller.signal.aborted) {
         span.end();
         return undefined;
@@ -1049,7 +1139,7 @@ export class SagaEngine {
           await client.query('rollback');
           throw new Fenced();
         }
-        await client.query('commit');
+        await commitTransaction(client);
       } catch (err) {
         if (own !== undefined) await client.query('rollback').catch(() => undefined);
         throw err;
@@ -1059,6 +1149,21 @@ export class SagaEngine {
     }
     instance.state = next.state;
     instance.leaseUntil = Date.now() + this.#leaseMs + next.delayMs;
+  }
+
+  /**
+   * A call through `service`'s breaker closed it (a half-open trial the service answered): the
+   * steps parked on it here run now instead of at the end of their park.
+   */
+  #wakeParked(service: string): void {
+    if (this.#closing) return;
+    for (const instance of this.#instances.values()) {
+      // A saga still writing its park checkpoint has no timer yet: it waits out its park.
+      if (this.#parkedOn.get(instance) !== service || instance.busy || instance.timer === undefined)
+        continue;
+      clearTimeout(instance.timer);
+      this.#start(instance);
+    }
   }
 
   /** The saga finished or waits for a person: report it and let it go. */

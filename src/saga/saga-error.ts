@@ -12,8 +12,18 @@ export type SagaErrorCode =
   | 'SAGA_INVALID_STATE'
   /** The saga's input does not match the definition's input schema. */
   | 'SAGA_INVALID_INPUT'
+  /**
+   * Compensation was asked for while the saga's pivot step may have gone through (its call was
+   * made and its outcome is not known): undoing the steps before it could leave half a saga.
+   */
+  | 'SAGA_PIVOT_IN_DOUBT'
   /** A checkpoint was refused: another process holds the saga's lease now (its epoch moved on). */
   | 'SAGA_FENCED'
+  /**
+   * A local step's code queried its transaction after the engine abandoned the attempt (it timed
+   * out, or the saga's lease was lost): the transaction was rolled back and the query refused.
+   */
+  | 'SAGA_STEP_ABANDONED'
   | 'SAGA_CLOSED';
 
 /** An error of the saga engine. */

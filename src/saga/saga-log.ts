@@ -62,6 +62,12 @@ export const SAGA_MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    // Set (fenced) before a remote pivot is first called: from then on a forced compensation is
+    // refused, since the pivot may have gone through.
+    id: 'replikit-saga-0002-pivot-intent',
+    sql: `alter table replikit_sagas add column pivot_started boolean not null default false;`,
+  },
 ];
 
 /** Something to run SQL on: a pool, or a client inside a transaction. */
@@ -113,6 +119,7 @@ interface SagaRow {
   failure: SagaFailure | null;
   pending: number[];
   attention: SagaAttention | null;
+  pivot_started: boolean;
   trace: Record<string, string> | null;
   owner: string | null;
   epoch: string;
@@ -139,6 +146,7 @@ function toRecord(row: SagaRow): SagaRecord {
       failure: row.failure,
       pending: row.pending,
       attention: row.attention,
+      pivotStarted: row.pivot_started,
     },
     trace: row.trace,
     owner: row.owner,
@@ -269,6 +277,7 @@ export async function writeCheckpoints(
     failure: transition.state.failure,
     pending: transition.state.pending,
     attention: transition.state.attention,
+    pivot_started: transition.state.pivotStarted,
     delay_ms: transition.delayMs,
     finished: transition.state.status === 'completed' || transition.state.status === 'compensated',
     release: release || transition.state.status === 'needs_attention',
@@ -279,7 +288,8 @@ export async function writeCheckpoints(
     text: `with t as (
        select * from jsonb_to_recordset($1::jsonb)
          as t(id uuid, epoch bigint, status text, step_index int, attempt int, outputs jsonb, failure jsonb,
-              pending int[], attention jsonb, delay_ms double precision, finished boolean, release boolean)
+              pending int[], attention jsonb, pivot_started boolean, delay_ms double precision,
+              finished boolean, release boolean)
      ), written as (
        update replikit_sagas s set
          status = t.status,
@@ -289,6 +299,7 @@ export async function writeCheckpoints(
          failure = t.failure,
          pending = t.pending,
          attention = t.attention,
+         pivot_started = t.pivot_started,
          -- Left alone when there is no delay (it is in the past already): the update then changes
          -- no indexed column and stays a heap-only tuple update.
          next_attempt_at = case when t.delay_ms > 0
@@ -366,24 +377,30 @@ export interface Lease {
 }
 
 /**
- * Extends leases; a saga whose epoch moved on is not extended.
+ * Extends leases. A saga whose epoch moved on is not extended: its lease was lost. Nor is one
+ * whose lease its holder's own last checkpoint gave up (it finished, or waits for a person): that
+ * renewal lost a race with the checkpoint, not the lease, and the lease stays given up.
  *
- * @returns the ids whose lease was extended.
+ * @returns for each saga still at its lease's epoch, whether the lease was extended (false: given
+ *   up by its own checkpoint); a saga missing from the map is fenced.
  */
 export async function renewLeases(
   db: Queryable,
   leases: readonly Lease[],
   leaseMs: number,
-): Promise<Set<string>> {
-  if (leases.length === 0) return new Set();
-  const { rows } = await db.query<{ id: string }>(
-    `update replikit_sagas s set lease_until = greatest(s.next_attempt_at, now()) + $3 * interval '1 millisecond'
+): Promise<Map<string, boolean>> {
+  if (leases.length === 0) return new Map();
+  // Rows are matched by epoch alone, so that the answer tells a given-up lease from a lost one;
+  // the epoch is compared on the row as it is after any concurrent writer commits.
+  const { rows } = await db.query<{ id: string; renewed: boolean }>(
+    `update replikit_sagas s set lease_until = case when s.lease_until is not null
+       then greatest(s.next_attempt_at, now()) + $3 * interval '1 millisecond' end
      from unnest($1::uuid[], $2::bigint[]) as o(id, epoch)
-     where s.id = o.id and s.epoch = o.epoch and s.lease_until is not null
-     returning s.id`,
+     where s.id = o.id and s.epoch = o.epoch
+     returning s.id, s.lease_until is not null as renewed`,
     [leases.map((lease) => lease.id), leases.map((lease) => lease.epoch), leaseMs],
   );
-  return new Set(rows.map((row) => row.id));
+  return new Map(rows.map((row) => [row.id, row.renewed]));
 }
 
 /** Gives leases up so that any process may claim the sagas at once. */
@@ -397,9 +414,19 @@ export async function releaseLeases(db: Queryable, leases: readonly Lease[]): Pr
   );
 }
 
-/** Reads one saga, or undefined. */
-export async function readSaga(db: Queryable, id: string): Promise<SagaRecord | undefined> {
-  const { rows } = await db.query<SagaRow>('select * from replikit_sagas where id = $1', [id]);
+/**
+ * Reads one saga, or undefined. With `forUpdate` (inside a transaction) the row stays locked until
+ * it ends: checkpoints and claims of the saga wait, so a decision taken from it holds when written.
+ */
+export async function readSaga(
+  db: Queryable,
+  id: string,
+  options: { readonly forUpdate?: boolean } = {},
+): Promise<SagaRecord | undefined> {
+  const { rows } = await db.query<SagaRow>(
+    `select * from replikit_sagas where id = $1${options.forUpdate === true ? ' for update' : ''}`,
+    [id],
+  );
   return rows[0] === undefined ? undefined : toRecord(rows[0]);
 }
 
@@ -491,7 +518,7 @@ export async function overrideSaga(
     `with written as (
        update replikit_sagas set
          status = $3, step_index = $4, attempt = $5, outputs = $6, failure = $7, pending = $8,
-         attention = $9, epoch = epoch + 1, owner = null, lease_until = null,
+         attention = $9, pivot_started = $11, epoch = epoch + 1, owner = null, lease_until = null,
          next_attempt_at = now(), updated_at = now()
        where id = $1 and epoch = $2
        returning id
@@ -508,6 +535,7 @@ export async function overrideSaga(
       state.pending,
       state.attention === null ? null : JSON.stringify(state.attention),
       JSON.stringify(logRows(id, transition.log)),
+      state.pivotStarted,
     ],
   );
   return rows.length === 1;

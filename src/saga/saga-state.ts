@@ -43,6 +43,12 @@ export interface SagaState {
   /** Indices of the steps still to compensate, the next one first. */
   readonly pending: readonly number[];
   readonly attention: SagaAttention | null;
+  /**
+   * The intent to call the pivot step was logged: from then on the pivot may have taken effect,
+   * so the saga can no longer be compensated by force. Only written for a remote pivot; a local
+   * one commits its effect with its checkpoint, so while the saga is at it, it has not happened.
+   */
+  readonly pivotStarted: boolean;
 }
 
 /** What to do next with a saga. */
@@ -101,6 +107,7 @@ export function initialTransition(definition: SagaDefinition<unknown>): Transiti
       failure: null,
       pending: [],
       attention: null,
+      pivotStarted: false,
     },
     log: [],
     delayMs: 0,
@@ -161,7 +168,7 @@ export function retryDelay(
   return Math.max(0, Math.round(backoff.duration));
 }
 
-/** The log row of an attempt that ended with `status`; a retrying or parked step is not finished. */
+/** The log row of an attempt that ended with `status` (or began, when `running`); a running, retrying or parked step is not finished. */
 function logEntry(
   index: number,
   phase: StepLogEntry['phase'],
@@ -177,7 +184,7 @@ function logEntry(
     status,
     attempts,
     ...details,
-    finished: status !== 'retrying' && status !== 'parked',
+    finished: status !== 'running' && status !== 'retrying' && status !== 'parked',
   };
 }
 
@@ -374,28 +381,71 @@ function afterCompensation(
 }
 
 /**
- * The state after a person asks for compensation of a saga that is running or needs attention.
- *
- * @returns undefined when the saga is past its pivot (it can no longer be undone) or finished.
+ * The transition that logs the intent to call the pivot, to write (fenced) before its first
+ * attempt; undefined when there is none to write: the step is not the pivot, the pivot is local
+ * (its effect commits with its checkpoint, or not at all), or the intent is logged already.
+ */
+export function pivotIntent(
+  definition: SagaDefinition<unknown>,
+  state: SagaState,
+  index: number,
+): Transition | undefined {
+  const step = definition.steps[index];
+  if (index !== definition.pivotIndex || step === undefined || step.local === true)
+    return undefined;
+  if (state.pivotStarted) return undefined;
+  return {
+    state: { ...state, pivotStarted: true },
+    log: [logEntry(index, 'run', step.name, 'running', state.attempt)],
+    delayMs: 0,
+  };
+}
+
+/** What a person's request to compensate a saga comes to. */
+export type ForcedCompensation =
+  | { readonly kind: 'accepted'; readonly transition: Transition }
+  | {
+      readonly kind: 'refused';
+      /**
+       * `finished`: nothing to compensate; `past_pivot`: the pivot completed; `pivot_in_doubt`:
+       * the pivot's call was made and its outcome is not known (it may have gone through).
+       */
+      readonly reason: 'finished' | 'past_pivot' | 'pivot_in_doubt';
+    };
+
+/**
+ * What a person's request to compensate a saga that is running or needs attention comes to.
+ * Undoing the steps before the pivot is right only if the pivot has not happened and will not:
+ * the caller applies the transition under the saga's row lock while raising its epoch (so the
+ * holder cannot log the pivot's intent afterwards), and this refuses once that intent is logged.
  */
 export function forcedCompensation(
   definition: SagaDefinition<unknown>,
   state: SagaState,
-): Transition | undefined {
-  if (state.status === 'compensating') return { state, log: [], delayMs: 0 };
+): ForcedCompensation {
+  const accepted = (transition: Transition): ForcedCompensation => ({
+    kind: 'accepted',
+    transition,
+  });
+  if (state.status === 'compensating') return accepted({ state, log: [], delayMs: 0 });
   if (state.status === 'needs_attention' && state.attention?.phase === 'compensate')
-    return resumeTransition(state);
-  if (state.status !== 'running' && state.status !== 'needs_attention') return undefined;
-  if (state.stepIndex > definition.pivotIndex) return undefined;
+    return accepted(resumeTransition(state));
+  if (state.status !== 'running' && state.status !== 'needs_attention')
+    return { kind: 'refused', reason: 'finished' };
+  if (state.stepIndex > definition.pivotIndex) return { kind: 'refused', reason: 'past_pivot' };
+  if (state.stepIndex === definition.pivotIndex && state.pivotStarted)
+    return { kind: 'refused', reason: 'pivot_in_doubt' };
   const index = Math.min(state.stepIndex, definition.steps.length - 1);
   const name = stepName(definition, index);
   // The current step may be running in another process right now: its outcome is unknown.
   const plan = compensationPlan(definition, index, !(name in state.outputs));
-  return beginCompensation(
-    state,
-    plan,
-    { step: name, reason: 'compensation_requested', message: 'compensation was requested' },
-    [],
+  return accepted(
+    beginCompensation(
+      state,
+      plan,
+      { step: name, reason: 'compensation_requested', message: 'compensation was requested' },
+      [],
+    ),
   );
 }
 

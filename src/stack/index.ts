@@ -2,6 +2,7 @@ export {
   LocalStack,
   type NodeRole,
   type NodeStatus,
+  type PromoteResult,
   type StackNode,
   type StackOptions,
 } from './local-stack.js';

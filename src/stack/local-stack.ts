@@ -8,6 +8,8 @@ import { promisify } from 'node:util';
 
 import pg from 'pg';
 
+import { formatLsn, parseLsn, type Lsn } from '../routing/lsn.js';
+import { forkPoint, historyFileName, parseTimelineHistory } from '../routing/timeline.js';
 import { findFreePorts, isPortFree } from './ports.js';
 import { findPostgresBinaries, type PostgresBinaries } from './postgres-binaries.js';
 import { assertReachable, resolveServerUser, type ServerUser } from './server-user.js';
@@ -40,6 +42,8 @@ export interface NodeStatus {
   readonly url: string;
   /** `pg_is_in_recovery()` when the node answers; a promoted replica shows `false`. */
   readonly inRecovery?: boolean;
+  /** A replica that cannot follow the current primary until rebuilt (see {@link LocalStack.promote}). */
+  readonly diverged?: boolean;
   readonly error?: string;
 }
 
@@ -60,12 +64,35 @@ export interface StackOptions {
   signal?: AbortSignal;
 }
 
-/** Saved in `stack.json` so the next start reuses the same data and ports. */
+/** Saved in `stack.json` so the next start reuses the same data, ports and roles. */
 interface StackState {
   readonly format: 1;
   readonly pgMajor: number;
+  /** Every node but the primary. */
   readonly replicas: readonly string[];
   readonly ports: Readonly<Record<string, number>>;
+  /** The node that is the primary now; the node named `primary` when absent (no failover yet). */
+  readonly primary?: string;
+  /** Replicas that cannot follow the current primary (they are past its timeline's switch point). */
+  readonly diverged?: readonly string[];
+}
+
+/** What {@link LocalStack.promote} did. */
+export interface PromoteResult {
+  /** The new primary. */
+  readonly primary: string;
+  /** The timeline it started, and the WAL position where that timeline forked off the previous one. */
+  readonly timeline: number;
+  readonly switchLsn: string;
+  /** Replicas now streaming from the new primary. */
+  readonly following: readonly string[];
+  /**
+   * Nodes that can never follow the new primary until {@link LocalStack.rebuild} makes them anew:
+   * the old primary, and replicas that had replayed past the switch point.
+   */
+  readonly diverged: readonly string[];
+  /** Replicas that were stopped: each follows when started, unless it had replayed past the fork. */
+  readonly stopped: readonly string[];
 }
 
 const STATE_FILE = 'stack.json';
@@ -148,11 +175,10 @@ function isAlive(pid: number): boolean {
  */
 export class LocalStack {
   readonly dir: string;
-  readonly primary: StackNode;
-  readonly replicas: readonly StackNode[];
   readonly binaries: PostgresBinaries;
   readonly #user: ServerUser | undefined;
   readonly #log: (line: string) => void;
+  #state: StackState;
 
   private constructor(
     dir: string,
@@ -165,26 +191,43 @@ export class LocalStack {
     this.binaries = binaries;
     this.#user = user;
     this.#log = log;
-    const node = (name: string, role: NodeRole): StackNode => {
-      const port = state.ports[name];
-      if (port === undefined)
+    this.#state = state;
+    for (const name of [primaryOf(state), ...state.replicas]) {
+      if (state.ports[name] === undefined)
         throw new StackError('STACK_NOT_INITIALISED', `${STATE_FILE} has no port for ${name}`);
-      return {
-        name,
-        role,
-        port,
-        url: urlFor(port),
-        dataDir: join(dir, name),
-        logFile: join(dir, 'logs', `${name}.log`),
-      };
-    };
-    this.primary = node(PRIMARY, 'primary');
-    this.replicas = state.replicas.map((name) => node(name, 'replica'));
+    }
   }
 
-  /** Every node, primary first. */
+  #node(name: string, role: NodeRole): StackNode {
+    const port = this.#state.ports[name] ?? 0;
+    return {
+      name,
+      role,
+      port,
+      url: urlFor(port),
+      dataDir: join(this.dir, name),
+      logFile: join(this.dir, 'logs', `${name}.log`),
+    };
+  }
+
+  /** The node that takes writes now: `primary` until {@link promote} names another. */
+  get primary(): StackNode {
+    return this.#node(primaryOf(this.#state), 'primary');
+  }
+
+  /** Every other node, in name order. */
+  get replicas(): readonly StackNode[] {
+    return [...this.#state.replicas].sort(byNodeName).map((name) => this.#node(name, 'replica'));
+  }
+
+  /** Every node in name order (`primary`, `replica1`, …), whatever role each plays now. */
   get nodes(): readonly StackNode[] {
-    return [this.primary, ...this.replicas];
+    return [this.primary, ...this.replicas].sort((a, b) => byNodeName(a.name, b.name));
+  }
+
+  /** Replicas that cannot follow the current primary until rebuilt (see {@link promote}). */
+  get diverged(): readonly string[] {
+    return this.#state.diverged ?? [];
   }
 
   /**
@@ -220,12 +263,17 @@ export class LocalStack {
         `the stack in ${dir} has ${saved.replicas.length} replicas, not ${options.replicas}; remove it with "replikit stack down --purge" to change that`,
       );
     }
-    const names = [PRIMARY, ...Array.from({ length: replicaCount }, (_, i) => `replica${i + 1}`)];
+    const primaryName = saved === undefined ? PRIMARY : primaryOf(saved);
+    const names =
+      saved === undefined
+        ? [PRIMARY, ...Array.from({ length: replicaCount }, (_, i) => `replica${i + 1}`)]
+        : [primaryName, ...saved.replicas].sort(byNodeName);
     const ports = await choosePorts(dir, names, saved, options.basePort);
     const state: StackState = {
+      ...saved,
       format: 1,
       pgMajor: binaries.major,
-      replicas: names.slice(1),
+      replicas: names.filter((name) => name !== primaryName),
       ports,
     };
     const stack = new LocalStack(dir, binaries, user, state, log);
@@ -242,12 +290,16 @@ export class LocalStack {
     try {
       options.signal?.throwIfAborted();
       if (!stack.#pid(stack.primary)) {
-        started.push(PRIMARY);
-        await stack.startNode(PRIMARY);
+        started.push(stack.primary.name);
+        await stack.startNode(stack.primary.name);
       }
       options.signal?.throwIfAborted();
+      for (const name of stack.diverged)
+        log(
+          `${name} cannot follow the primary; make it anew with "replikit stack rebuild ${name}"`,
+        );
       await Promise.all(
-        stack.replicas.map(async (replica) => {
+        stack.#following().map(async (replica) => {
           if (stack.#pid(replica)) return;
           started.push(replica.name);
           await stack.startNode(replica.name);
@@ -429,12 +481,198 @@ export class LocalStack {
   }
 
   /**
+   * Promotes a replica to be the primary, as a failover does, and points every other node at it.
+   * The old primary is stopped first if it still runs (so two nodes never take writes) and kept as
+   * a standby that must be rebuilt: without `pg_rewind` nothing proves its last WAL reached the new
+   * primary. A running replica that had replayed past the point where the new timeline forked off
+   * can never follow either; it keeps running on the old timeline and is reported as diverged until
+   * {@link rebuild} makes it anew. `stack.json` records the new roles.
+   *
+   * @throws StackError `STACK_UNKNOWN_NODE` for a name that is not a replica, `STACK_NODE_STOPPED`
+   *   when it is not running, `STACK_DIVERGED` when it cannot follow the primary itself.
+   */
+  async promote(name: string, options: { signal?: AbortSignal } = {}): Promise<PromoteResult> {
+    const target = this.#replica(name);
+    if (this.diverged.includes(name)) {
+      throw new StackError(
+        'STACK_DIVERGED',
+        `${name} has diverged from the primary's timeline; rebuild it ("replikit stack rebuild ${name}") before promoting it`,
+      );
+    }
+    if (this.#pid(target) === undefined) {
+      throw new StackError(
+        'STACK_NODE_STOPPED',
+        `${name} is not running; start the stack ("replikit stack up") before promoting it`,
+      );
+    }
+    const old = this.primary;
+    if (this.#pid(old) !== undefined) {
+      this.#log(`stopping the old primary ${old.name} so that only one node takes writes`);
+      await this.stopNode(old.name);
+    }
+    this.#log(`promoting ${name}`);
+    const [promoted] = await this.query<{ ok: boolean }>(
+      name,
+      `select pg_promote(true, ${START_TIMEOUT_S}) as ok`,
+    );
+    if (promoted?.ok !== true)
+      throw new StackError(
+        'STACK_TIMEOUT',
+        `${name} did not finish promotion within ${START_TIMEOUT_S} s`,
+      );
+    const { timeline, switchLsn } = await this.#newTimeline(name);
+    this.#log(`${name} is the primary on timeline ${timeline}, forked at ${formatLsn(switchLsn)}`);
+
+    const others = this.nodes.filter((node) => node.name !== name).map((node) => node.name);
+    // Every node gets a slot on the new primary before it connects, so no WAL it needs is removed.
+    for (const other of others) await this.#ensureSlot(name, other);
+    // The old primary must never start as a second primary: it comes back as a standby.
+    await this.#writeServerFile(join(old.dataDir, 'standby.signal'), '');
+
+    const diverged = [old.name];
+    const running = others.filter(
+      (other) => other !== old.name && this.#pid(this.node(other)) !== undefined,
+    );
+    const stopped = others.filter((other) => other !== old.name && !running.includes(other));
+    this.#state = { ...this.#state, primary: name, replicas: others };
+    // primary_conninfo is reloadable: the WAL receiver reconnects to the new primary on its own
+    // and, with recovery_target_timeline = latest, switches to its timeline if it can.
+    for (const other of running) {
+      await this.#writeNodeConfig(this.node(other));
+      await this.query(other, 'select pg_reload_conf()');
+    }
+    // Each running replica either streams from the new primary, or has replayed past the fork
+    // (WAL received before the promotion may still be replaying), and then never will.
+    const pending = new Set(running);
+    await this.#until(
+      async () => {
+        const streaming = await this.#streamingFrom(name);
+        for (const other of pending) {
+          if (streaming.has(other)) {
+            pending.delete(other);
+            continue;
+          }
+          const [row] = await this.query<{ replay: string | null }>(
+            other,
+            'select pg_last_wal_replay_lsn()::text as replay',
+          );
+          const replay = parseLsn(row?.replay ?? '');
+          if (replay !== undefined && replay > switchLsn) {
+            this.#log(
+              `${other} replayed up to ${formatLsn(replay)}, past the fork: it cannot follow ${name} until rebuilt`,
+            );
+            pending.delete(other);
+            diverged.push(other);
+          }
+        }
+        return pending.size === 0;
+      },
+      `${running.join(', ')} to stream from ${name} or show they cannot`,
+      options,
+    );
+    const following = running.filter((other) => !diverged.includes(other));
+    this.#state = {
+      ...this.#state,
+      diverged: [...new Set([...this.diverged.filter((node) => node !== name), ...diverged])],
+    };
+    await writeState(this.dir, this.#state);
+    if (following.length > 0)
+      this.#log(`${following.join(', ')} now ${verb(following, 'follow')} ${name}`);
+    if (stopped.length > 0)
+      this.#log(
+        `${stopped.join(', ')}: stopped; ${verb(stopped, 'follow')} ${name} when started unless past the fork`,
+      );
+    this.#log(
+      `${diverged.join(', ')} cannot follow ${name}: ${diverged.map((node) => `"replikit stack rebuild ${node}"`).join(', ')}`,
+    );
+    return {
+      primary: name,
+      timeline,
+      switchLsn: formatLsn(switchLsn),
+      following,
+      diverged,
+      stopped,
+    };
+  }
+
+  /**
+   * Makes a node anew as a streaming replica of the current primary: stops it, copies the running
+   * primary's data folder between `pg_backup_start` and `pg_backup_stop` (the embedded binaries
+   * have no `pg_basebackup`), writes the backup label, and starts it from a slot made beforehand.
+   * This is how a diverged replica or a failed-over primary rejoins.
+   *
+   * @throws StackError `STACK_UNKNOWN_NODE` for the primary itself, `STACK_NODE_STOPPED` when the
+   *   primary is not running.
+   */
+  async rebuild(name: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+    const node = this.node(name);
+    const primary = this.primary;
+    if (node.name === primary.name) {
+      throw new StackError(
+        'STACK_UNKNOWN_NODE',
+        `${name} is the primary; promote another node first ("replikit stack promote <node>")`,
+      );
+    }
+    if (this.#pid(primary) === undefined) {
+      throw new StackError(
+        'STACK_NODE_STOPPED',
+        `the primary ${primary.name} is not running; start the stack ("replikit stack up") first`,
+      );
+    }
+    this.#log(`rebuilding ${name} as a replica of ${primary.name}`);
+    await this.stopNode(name);
+    // The slot is made before the backup starts, so the primary keeps every WAL file from the
+    // backup's checkpoint on until the new replica has streamed it.
+    // An old slot is dropped once its WAL sender has let go (it may outlive the stop briefly).
+    await this.#until(async () => {
+      const rows = await this.query<{ active: boolean }>(
+        primary.name,
+        'select active, case when not active then pg_drop_replication_slot(slot_name) end from pg_replication_slots where slot_name = $1',
+        [name],
+      );
+      return rows.every((row) => !row.active);
+    }, `the old slot of ${name} to be released`);
+    await this.#ensureSlot(primary.name, name);
+
+    const session = new pg.Client({ connectionString: primary.url, connectionTimeoutMillis: 5000 });
+    await session.connect();
+    try {
+      // A non-exclusive backup belongs to this session: ending it early aborts the backup.
+      await session.query('select pg_backup_start($1, true)', [`replikit rebuild ${name}`]);
+      this.#log(`copying ${primary.dataDir} to ${node.dataDir}`);
+      await rm(node.dataDir, { recursive: true, force: true });
+      await copyLiveDataDir(primary.dataDir, node.dataDir);
+      const { rows } = await session.query<{ labelfile: string; spcmapfile: string | null }>(
+        'select labelfile, spcmapfile from pg_backup_stop(false)',
+      );
+      const stop = rows[0];
+      if (stop === undefined)
+        throw new StackError('STACK_COMMAND_FAILED', 'pg_backup_stop returned nothing');
+      // Without backup_label the copy would start from its (torn) pg_control checkpoint.
+      await writeFile(join(node.dataDir, 'backup_label'), stop.labelfile);
+      if (stop.spcmapfile !== null && stop.spcmapfile !== '')
+        await writeFile(join(node.dataDir, 'tablespace_map'), stop.spcmapfile);
+    } finally {
+      await session.end().catch(() => undefined);
+    }
+    await writeFile(join(node.dataDir, 'standby.signal'), '');
+    if (this.#user !== undefined)
+      await run('chown', ['-R', `${this.#user.uid}:${this.#user.gid}`, node.dataDir]);
+
+    this.#state = { ...this.#state, diverged: this.diverged.filter((other) => other !== name) };
+    await writeState(this.dir, this.#state);
+    await this.startNode(name);
+    await this.#waitForStreaming(options.signal, [name]);
+    this.#log(`${name} streams from ${primary.name}`);
+  }
+
+  /**
    * Puts every node back to normal after fault injection: starts stopped nodes, resumes replay and
    * clears apply delays, then waits for the replicas to catch up.
    */
   async resetFaults(): Promise<void> {
-    await this.startNode(PRIMARY);
-    for (const replica of this.replicas) {
+    await this.startNode(this.primary.name);
+    for (const replica of this.#following()) {
       await this.startNode(replica.name);
       await this.clearApplyDelay(replica.name);
       await this.resumeReplay(replica.name);
@@ -442,15 +680,18 @@ export class LocalStack {
     await this.waitForReplicas();
   }
 
-  /** Waits until every replica has replayed the primary's WAL as of this call. */
+  /**
+   * Waits until every replica that follows the primary has replayed the primary's WAL as of this
+   * call (a diverged replica's position is on another timeline and proves nothing).
+   */
   async waitForReplicas(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
     const [row] = await this.query<{ lsn: string }>(
-      PRIMARY,
+      this.primary.name,
       'select pg_current_wal_lsn()::text as lsn',
     );
     const target = row?.lsn ?? '0/0';
     await Promise.all(
-      this.replicas.map((replica) =>
+      this.#following().map((replica) =>
         this.#until(
           async () => {
             const [r] = await this.query<{ ok: boolean }>(
@@ -472,7 +713,13 @@ export class LocalStack {
     return Promise.all(
       this.nodes.map(async (node): Promise<NodeStatus> => {
         const pid = this.#pid(node);
-        const base = { name: node.name, role: node.role, port: node.port, url: node.url };
+        const base = {
+          name: node.name,
+          role: node.role,
+          port: node.port,
+          url: node.url,
+          ...(this.diverged.includes(node.name) ? { diverged: true } : {}),
+        };
         if (pid === undefined) return { ...base, running: false };
         try {
           const [row] = await this.query<{ r: boolean }>(
@@ -554,22 +801,65 @@ export class LocalStack {
         `primary_slot_name = '${node.name}'`,
       );
     }
-    const file = join(node.dataDir, 'replikit.conf');
-    await writeFile(file, lines.join('\n') + '\n');
-    if (this.#user !== undefined) await chown(file, this.#user.uid, this.#user.gid);
+    await this.#writeServerFile(join(node.dataDir, 'replikit.conf'), lines.join('\n') + '\n');
   }
 
-  async #waitForStreaming(signal?: AbortSignal): Promise<void> {
+  /** The primary's timeline and where it forked off its parent, from its history file. */
+  async #newTimeline(name: string): Promise<{ timeline: number; switchLsn: Lsn }> {
+    const [row] = await this.query<{ timeline: number }>(
+      name,
+      "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int as timeline",
+    );
+    const timeline = row?.timeline ?? 1;
+    const [file] = await this.query<{ text: string }>(name, 'select pg_read_file($1) as text', [
+      `pg_wal/${historyFileName(timeline)}`,
+    ]);
+    const switchLsn = forkPoint(parseTimelineHistory(file?.text ?? ''), timeline - 1);
+    if (switchLsn === undefined)
+      throw new StackError(
+        'STACK_COMMAND_FAILED',
+        `${name}'s timeline ${timeline} has no recorded fork`,
+      );
+    return { timeline, switchLsn };
+  }
+
+  async #ensureSlot(primary: string, slot: string): Promise<void> {
+    await this.query(
+      primary,
+      'select pg_create_physical_replication_slot($1, true) where not exists (select 1 from pg_replication_slots where slot_name = $1)',
+      [slot],
+    );
+  }
+
+  async #writeServerFile(path: string, text: string): Promise<void> {
+    await writeFile(path, text);
+    if (this.#user !== undefined) await chown(path, this.#user.uid, this.#user.gid);
+  }
+
+  /** The replicas streaming from `node`, by application name. */
+  async #streamingFrom(node: string): Promise<Set<string>> {
+    const rows = await this.query<{ name: string }>(
+      node,
+      "select application_name as name from pg_stat_replication where state = 'streaming'",
+    );
+    return new Set(rows.map((row) => row.name));
+  }
+
+  /** Replicas that follow the primary: every replica but the diverged ones. */
+  #following(): StackNode[] {
+    return this.replicas.filter((replica) => !this.diverged.includes(replica.name));
+  }
+
+  async #waitForStreaming(
+    signal?: AbortSignal,
+    names: readonly string[] = this.#following().map((replica) => replica.name),
+  ): Promise<void> {
     await this.#until(
       async () => {
-        const rows = await this.query<{ name: string }>(
-          PRIMARY,
-          "select application_name as name from pg_stat_replication where state = 'streaming'",
-        );
-        const streaming = new Set(rows.map((row) => row.name));
-        return this.replicas.every((replica) => streaming.has(replica.name));
+        const streaming = await this.#streamingFrom(this.primary.name);
+        return names.every((name) => streaming.has(name));
       },
-      'every replica to stream from the primary',
+      `${names.join(', ')} to stream from ${this.primary.name}`,
       { signal },
     );
   }
@@ -650,6 +940,47 @@ export class LocalStack {
       'STACK_COMMAND_FAILED',
       `${name} failed (${signal ?? `exit ${code}`})${stderr.trim() === '' ? '' : `: ${stderr.trim()}`}`,
     );
+  }
+}
+
+/** `follows` for one node, `follow` for several. */
+function verb(nodes: readonly string[], base: string): string {
+  return nodes.length === 1 ? `${base}s` : base;
+}
+
+/** Node names in a stable order: `primary`, then `replica1`, `replica2`, … by number. */
+function byNodeName(a: string, b: string): number {
+  if (a === b) return 0;
+  if (a === PRIMARY) return -1;
+  if (b === PRIMARY) return 1;
+  return a.localeCompare(b, 'en', { numeric: true });
+}
+
+function primaryOf(state: StackState): string {
+  return state.primary ?? PRIMARY;
+}
+
+/**
+ * What a running server's data folder holds that a copy must not: its pid file, its slots, and
+ * runtime folders whose contents PostgreSQL recreates. The WAL comes from the primary instead.
+ */
+const NOT_COPIED =
+  /[/\\](postmaster\.pid|postmaster\.opts)$|[/\\](pg_wal|pg_replslot|pg_dynshmem|pg_notify|pg_serial|pg_snapshots|pg_stat_tmp|pg_subtrans)[/\\]./;
+
+/**
+ * Copies a running server's data folder. Files come and go while it runs (a dropped table, a
+ * temporary file): one that vanished mid-copy is harmless to a backup, whose WAL replay recreates
+ * or drops it, so the copy starts over a few times rather than failing.
+ */
+async function copyLiveDataDir(from: string, to: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await cp(from, to, { recursive: true, filter: (source) => !NOT_COPIED.test(source) });
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 5) throw err;
+      await rm(to, { recursive: true, force: true });
+    }
   }
 }
 

@@ -10,6 +10,8 @@ export type StackErrorCode =
   | 'STACK_COMMAND_FAILED'
   | 'STACK_NOT_INITIALISED'
   | 'STACK_UNKNOWN_NODE'
+  | 'STACK_NODE_STOPPED'
+  | 'STACK_DIVERGED'
   | 'STACK_TIMEOUT';
 
 /** An error of the local replication stack; `message` is one line meant for the person at the terminal. */

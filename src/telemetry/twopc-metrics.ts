@@ -45,7 +45,7 @@ export function createTwoPhaseMetrics(
 
   const transactions = new Counter({
     name: 'replikit_2pc_transactions_total',
-    help: 'Distributed transactions by outcome (committed, aborted, prepare_timeout)',
+    help: 'Distributed transactions by outcome (committed, aborted, prepare_timeout, partial_commit)',
     labelNames: ['outcome'] as const,
     registers,
   });

@@ -1,17 +1,25 @@
 import { SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
-import { ExponentialBackoff, handleWhen, retry } from 'cockatiel';
+import { ExponentialBackoff, handleAll, handleWhen, retry } from 'cockatiel';
 import pg from 'pg';
 
-import { checkout, type DatabaseConnection } from '../db/checkout.js';
-import { formatGid, GID_PREFIX, isGidName, newTransactionId, parseGid } from './gid.js';
+import {
+  checkout,
+  commitTransaction,
+  inTransaction,
+  type DatabaseConnection,
+} from '../db/checkout.js';
+import { formatGid, isGidName, newStoreId, newTransactionId, parseGid } from './gid.js';
 import { TwoPhaseError } from './twopc-error.js';
 import { errorMessage, sqlState } from '../errors.js';
 
 /** The phases of a distributed transaction, as metrics and spans name them. */
 export type TwoPhasePhase = 'work' | 'prepare' | 'decide' | 'commit';
 
-/** How a distributed transaction ended. */
-export type TwoPhaseOutcome = 'committed' | 'aborted' | 'prepare_timeout';
+/**
+ * How a distributed transaction ended. `partial_commit`: decided to commit, but someone other than
+ * its coordinator rolled back a participant's prepared part (see `TWOPC_PARTIAL_COMMIT`).
+ */
+export type TwoPhaseOutcome = 'committed' | 'aborted' | 'prepare_timeout' | 'partial_commit';
 
 /** A finished distributed transaction, for metrics. */
 export interface TransactionEvent {
@@ -45,9 +53,18 @@ export interface TwoPhaseObserver {
 
 /** Options for {@link createCoordinator}. */
 export interface CoordinatorOptions {
-  /** Names this coordinator in global ids: lower-case letters, digits, `_`, `-`. */
+  /**
+   * Names this coordinator in global ids: lower-case letters, digits, `_`, `-`. Every process of
+   * one coordinator uses the same name and decision database (and the same participants); they
+   * recover each other's transactions. Recovery never touches a transaction prepared under
+   * another name or another decision database.
+   */
   readonly name: string;
-  /** The coordinator's own database, where decisions are recorded. */
+  /**
+   * The coordinator's own database, where decisions are recorded. It is given a random id on
+   * first use, which goes into every global id: a copy of this database (a clone, a restored
+   * backup) is the same coordinator, and must not run beside the original.
+   */
   readonly coordinator: DatabaseConnection;
   /** Participant databases by name (same naming rule as `name`). At least two. */
   readonly participants: Readonly<Record<string, DatabaseConnection>>;
@@ -101,6 +118,8 @@ export interface RunResult<T> {
 }
 
 const DECISIONS_TABLE = 'replikit_2pc_decisions';
+/** One row: the id of this decision database, part of every global id it decides. */
+const STORE_TABLE = 'replikit_2pc_store';
 
 /** One participant's connection during a transaction. */
 interface ParticipantSession {
@@ -108,6 +127,11 @@ interface ParticipantSession {
   /** Returns the connection to its pool; `broken` discards it. Safe to call twice. */
   readonly release: (broken?: boolean) => void;
   prepared: boolean;
+  /**
+   * The local transaction's id, taken just before PREPARE: if its prepared transaction is gone
+   * when we come to settle it, `pg_xact_status` says whether it was committed or rolled back.
+   */
+  xid?: string;
   /** False once a statement failed on it: later tries take a fresh connection from the pool. */
   usable?: boolean;
 }
@@ -118,6 +142,11 @@ const SCHEMA = `
     coordinator text not null,
     participants text[] not null,
     decided_at timestamptz not null default now()
+  );
+  create table if not exists ${STORE_TABLE} (
+    singleton boolean primary key default true check (singleton),
+    id text not null check (id ~ '^[0-9a-f]{16}$'),
+    created_at timestamptz not null default now()
   )`;
 
 /** SQLSTATEs after which the whole transaction may succeed if run again. */
@@ -153,7 +182,7 @@ function poolFor(
 }
 
 /**
- * Creates a two-phase commit coordinator (DESIGN.md §6) over participant databases.
+ * Creates a two-phase commit coordinator over participant databases (docs/two-phase-commit.md).
  *
  * ```ts
  * const coordinator = createCoordinator({
@@ -172,6 +201,11 @@ function poolFor(
  * transaction runs, its coordinator holds a session advisory lock named after it; recovery
  * resolves only prepared transactions whose lock it can take, so it is safe in any number of
  * processes at once, and a coordinator that died (its session gone) is recovered by the others.
+ *
+ * Recovery and pruning touch only this coordinator's own transactions: those whose global id
+ * carries its name and its decision database's id. Another coordinator's transaction on a shared
+ * participant can be settled only from the other's decision database; rolling it back here would
+ * leave it committed on its other participants (see docs/two-phase-commit.md).
  */
 export function createCoordinator(options: CoordinatorOptions): Coordinator {
   return new Coordinator(options);
@@ -185,6 +219,8 @@ export class Coordinator {
   readonly #participants: ReadonlyMap<string, pg.Pool>;
   readonly #tracer: Tracer;
   #timer: NodeJS.Timeout | undefined;
+  /** The decision database's id, once its tables exist. */
+  #store: Promise<string> | undefined;
   #recovering: Promise<RecoveryReport> | undefined;
   #lastRecovery: RecoveryReport | undefined;
   #closed = false;
@@ -252,21 +288,7 @@ export class Coordinator {
         );
       }
     }
-    // Coordinators starting together would race on CREATE TABLE IF NOT EXISTS: serialise them.
-    const { client, release } = await checkout(this.#coordinator);
-    try {
-      await client.query('begin');
-      await client.query(
-        "select pg_advisory_xact_lock(hashtextextended('replikit_2pc_schema', 0))",
-      );
-      await client.query(SCHEMA);
-      await client.query('commit');
-    } catch (err) {
-      await client.query('rollback').catch(() => undefined);
-      throw err;
-    } finally {
-      release();
-    }
+    await this.#ownStore();
     await this.recover();
     const interval = this.#options.recoveryIntervalMs ?? 5000;
     if (interval > 0) {
@@ -280,6 +302,38 @@ export class Coordinator {
   }
 
   /**
+   * Creates the decision tables if need be and reads the decision database's id (choosing it on
+   * first use). Fetched once; a failure is retried by the next caller.
+   */
+  #ownStore(): Promise<string> {
+    if (this.#store === undefined) {
+      const opening = inTransaction(this.#coordinator, async (client) => {
+        // Coordinators starting together would race on CREATE TABLE IF NOT EXISTS and on the
+        // first id: serialise them.
+        await client.query(
+          "select pg_advisory_xact_lock(hashtextextended('replikit_2pc_schema', 0))",
+        );
+        await client.query(SCHEMA);
+        await client.query(`insert into ${STORE_TABLE} (id) values ($1) on conflict do nothing`, [
+          newStoreId(),
+        ]);
+        const { rows } = await client.query<{ id: string }>(`select id from ${STORE_TABLE}`);
+        return rows[0]!.id;
+      });
+      this.#store = opening;
+      opening.catch(() => {
+        if (this.#store === opening) this.#store = undefined;
+      });
+    }
+    return this.#store;
+  }
+
+  /** The global id of `transaction`'s part on `participant`. */
+  #gid(store: string, transaction: string, participant: string): string {
+    return formatGid({ coordinator: this.name, store, transaction, participant });
+  }
+
+  /**
    * Runs `work` as one atomic transaction across the participants it touches: each does its part
    * in a local transaction, all prepare, the decision is recorded, all commit. Any failure before
    * the decision rolls everything back; after it, the transaction is committed, and a participant
@@ -287,6 +341,9 @@ export class Coordinator {
    * serialization failures retry the whole transaction.
    *
    * @throws TwoPhaseError `TWOPC_ABORTED` or `TWOPC_PREPARE_TIMEOUT` (everything rolled back), with the cause.
+   * @throws TwoPhaseError `TWOPC_IN_DOUBT` when recording the decision failed (recovery settles it).
+   * @throws TwoPhaseError `TWOPC_PARTIAL_COMMIT` when someone else settled a participant's prepared
+   *   part against the decision: committed on some participants only, which needs a person.
    */
   async run<T>(work: (tx: DistributedTransaction) => Promise<T>): Promise<RunResult<T>> {
     if (this.#closed) throw new TwoPhaseError('TWOPC_CLOSED', 'the coordinator has been closed');
@@ -312,7 +369,9 @@ export class Coordinator {
         const outcome: TwoPhaseOutcome =
           err instanceof TwoPhaseError && err.code === 'TWOPC_PREPARE_TIMEOUT'
             ? 'prepare_timeout'
-            : 'aborted';
+            : err instanceof TwoPhaseError && err.code === 'TWOPC_PARTIAL_COMMIT'
+              ? 'partial_commit'
+              : 'aborted';
         this.#report({ outcome, attempts, phases });
         span.setAttributes({ 'replikit.2pc.outcome': outcome, 'replikit.2pc.attempts': attempts });
         span.recordException(err as Error);
@@ -331,8 +390,10 @@ export class Coordinator {
   ): Promise<Omit<RunResult<T>, 'attempts'>> {
     const transaction = newTransactionId();
     span.setAttribute('replikit.2pc.transaction', transaction);
+    let store: string;
     let lock: Awaited<ReturnType<typeof checkout>>;
     try {
+      store = await this.#ownStore();
       lock = await checkout(this.#coordinator);
     } catch (err) {
       throw new TwoPhaseError(
@@ -388,7 +449,7 @@ export class Coordinator {
       };
       const result = await timed('work', () => work(tx));
 
-      await timed('prepare', () => this.#prepareAll(transaction, opened));
+      await timed('prepare', () => this.#prepareAll(transaction, store, opened));
       await this.#options.faults?.afterPrepare?.(transaction);
 
       // The commit point: once this row is committed, the transaction commits, whatever happens.
@@ -408,7 +469,10 @@ export class Coordinator {
       await this.#options.faults?.afterDecision?.(transaction);
       // The decision row stays: recovery prunes it once no participant holds the transaction
       // prepared, which keeps a round trip and a WAL flush off every transaction.
-      const pending = await timed('commit', () => this.#commitAll(transaction, opened));
+      const { pending, lost } = await timed('commit', () =>
+        this.#commitAll(transaction, store, opened),
+      );
+      if (lost.size > 0) throw this.#partialCommit(transaction, opened, lost, pending);
       return { result, transaction, pending };
     } catch (err) {
       if (decided) throw err;
@@ -422,7 +486,16 @@ export class Coordinator {
           { cause: err, details: { transaction, participants: [...opened.keys()] } },
         );
       }
-      await this.#rollbackAll(transaction, opened);
+      const committed = await this.#rollbackAll(transaction, store, opened);
+      if (committed.length > 0) {
+        const rolledBack = [...opened.keys()].filter((name) => !committed.includes(name));
+        throw this.#partialCommit(
+          transaction,
+          opened,
+          new Map(rolledBack.map((name) => [name, 'aborted'] as const)),
+          [],
+        );
+      }
       if (err instanceof TwoPhaseError) throw err;
       throw new TwoPhaseError(
         'TWOPC_ABORTED',
@@ -445,7 +518,40 @@ export class Coordinator {
     }
   }
 
-  async #prepareAll(transaction: string, opened: Map<string, ParticipantSession>): Promise<void> {
+  /**
+   * The error for a transaction whose participants did not all end the same way: `lost` holds those
+   * rolled back (`aborted`) or whose end could not be learnt (`unknown`); the others committed, or
+   * will once recovery reaches the `pending` ones.
+   */
+  #partialCommit(
+    transaction: string,
+    opened: ReadonlyMap<string, ParticipantSession>,
+    lost: ReadonlyMap<string, 'aborted' | 'unknown'>,
+    pending: readonly string[],
+  ): TwoPhaseError {
+    const all = [...opened.keys()];
+    const ended = (fate: 'aborted' | 'unknown') => all.filter((name) => lost.get(name) === fate);
+    const rolledBack = ended('aborted');
+    const unknown = ended('unknown');
+    const committed = all.filter((name) => !lost.has(name) && !pending.includes(name));
+    const fates = [
+      committed.length > 0 ? `committed on ${committed.join(', ')}` : '',
+      pending.length > 0 ? `committed by recovery later on ${pending.join(', ')}` : '',
+      rolledBack.length > 0 ? `rolled back on ${rolledBack.join(', ')}` : '',
+      unknown.length > 0 ? `of unknown outcome on ${unknown.join(', ')}` : '',
+    ].filter((text) => text !== '');
+    return new TwoPhaseError(
+      'TWOPC_PARTIAL_COMMIT',
+      `distributed transaction ${transaction} is ${fates.join('; ')}: someone other than this coordinator (another coordinator, or COMMIT/ROLLBACK PREPARED by hand) settled a prepared part against the decision; it needs repair by hand`,
+      { details: { transaction, committed, pending, rolledBack, unknown } },
+    );
+  }
+
+  async #prepareAll(
+    transaction: string,
+    store: string,
+    opened: Map<string, ParticipantSession>,
+  ): Promise<void> {
     const timeoutMs = this.#options.prepareTimeoutMs ?? 5000;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
@@ -470,8 +576,20 @@ export class Coordinator {
           { attributes: { 'replikit.2pc.participant': participant } },
           async (span) => {
             try {
-              await entry.client.query(
-                `prepare transaction ${literal(formatGid({ coordinator: this.name, transaction, participant }))}`,
+              // One round trip: a simple query may hold several statements, and answers each.
+              // PREPARE of a transaction aborted by a statement the work caught answers ROLLBACK.
+              const gid = this.#gid(store, transaction, participant);
+              await commitTransaction(
+                {
+                  query: async (prepare) => {
+                    const [id, prepared] = (await entry.client.query(
+                      `select pg_current_xact_id()::text as xid; ${prepare}`,
+                    )) as unknown as [pg.QueryResult<{ xid: string }>, pg.QueryResult];
+                    entry.xid = id.rows[0]?.xid;
+                    return prepared;
+                  },
+                },
+                `prepare transaction ${literal(gid)}`,
               );
               entry.prepared = true;
             } catch (err) {
@@ -503,19 +621,24 @@ export class Coordinator {
     }
   }
 
-  /** COMMIT PREPARED everywhere, a few tries each; returns the participants still pending. */
+  /**
+   * COMMIT PREPARED everywhere, a few tries each. Returns the participants still pending (recovery
+   * commits them) and those whose prepared transaction was already gone and not committed.
+   */
   async #commitAll(
     transaction: string,
+    store: string,
     opened: Map<string, ParticipantSession>,
-  ): Promise<string[]> {
+  ): Promise<{ pending: string[]; lost: Map<string, 'aborted' | 'unknown'> }> {
     const pending: string[] = [];
+    const lost = new Map<string, 'aborted' | 'unknown'>();
     await Promise.all(
-      [...opened.keys()].map((participant) =>
+      [...opened].map(([participant, entry]) =>
         this.#tracer.startActiveSpan(
           'replikit.2pc.commit',
           { attributes: { 'replikit.2pc.participant': participant } },
           async (span) => {
-            const gid = formatGid({ coordinator: this.name, transaction, participant });
+            const gid = this.#gid(store, transaction, participant);
             try {
               await retry(
                 handleWhen((err) => sqlState(err) !== UNDEFINED_OBJECT),
@@ -524,14 +647,19 @@ export class Coordinator {
                   backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }),
                 },
               ).execute(() =>
-                this.#onParticipant(
-                  participant,
-                  opened.get(participant)!,
-                  `commit prepared ${literal(gid)}`,
-                ),
+                this.#onParticipant(participant, entry, `commit prepared ${literal(gid)}`),
               );
             } catch (err) {
-              if (sqlState(err) !== UNDEFINED_OBJECT) {
+              if (sqlState(err) === UNDEFINED_OBJECT) {
+                // Gone while we hold its lock: an earlier try of ours committed it and lost the
+                // answer, or recovery of ours did after our lock broke; or someone else rolled it
+                // back (another coordinator, or by hand). Only the transaction's fate tells.
+                const fate = await this.#fateOf(participant, entry);
+                if (fate !== 'committed') {
+                  lost.set(participant, fate);
+                  span.setStatus({ code: SpanStatusCode.ERROR, message: `prepared part ${fate}` });
+                }
+              } else {
                 pending.push(participant);
                 span.recordException(err as Error);
                 this.#options.logger?.warn(
@@ -546,7 +674,7 @@ export class Coordinator {
         ),
       ),
     );
-    return pending;
+    return { pending, lost };
   }
 
   /**
@@ -555,11 +683,15 @@ export class Coordinator {
    * (every connection held by a transaction waiting for one more). After a failure there, the
    * connection is discarded and later tries use the pool.
    */
-  async #onParticipant(participant: string, entry: ParticipantSession, sql: string): Promise<void> {
+  async #onParticipant<R extends pg.QueryResultRow = pg.QueryResultRow>(
+    participant: string,
+    entry: ParticipantSession,
+    sql: string,
+    params: readonly unknown[] = [],
+  ): Promise<pg.QueryResult<R>> {
     if (entry.usable !== false) {
       try {
-        await entry.client.query(sql);
-        return;
+        return await entry.client.query<R>(sql, params as unknown[]);
       } catch (err) {
         if (sqlState(err) === UNDEFINED_OBJECT) throw err;
         entry.usable = false;
@@ -567,21 +699,66 @@ export class Coordinator {
         throw err;
       }
     }
-    await this.#participants.get(participant)!.query(sql);
+    return this.#participants.get(participant)!.query<R>(sql, params as unknown[]);
   }
 
-  async #rollbackAll(transaction: string, opened: Map<string, ParticipantSession>): Promise<void> {
+  /**
+   * What became of a participant's prepared transaction that is no longer prepared, from the
+   * local transaction id taken before PREPARE; `unknown` if the participant cannot say.
+   */
+  async #fateOf(
+    participant: string,
+    entry: ParticipantSession,
+  ): Promise<'committed' | 'aborted' | 'unknown'> {
+    if (entry.xid === undefined) return 'unknown';
+    try {
+      const { rows } = await retry(handleAll, {
+        maxAttempts: 2,
+        backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }),
+      }).execute(() =>
+        this.#onParticipant<{ status: string | null }>(
+          participant,
+          entry,
+          'select pg_xact_status($1::xid8) as status',
+          [entry.xid],
+        ),
+      );
+      const status = rows[0]?.status;
+      return status === 'committed' || status === 'aborted' ? status : 'unknown';
+    } catch (err) {
+      this.#options.logger?.warn(
+        { participant, err: errorMessage(err) },
+        'could not learn what became of a prepared transaction that is gone',
+      );
+      return 'unknown';
+    }
+  }
+
+  /**
+   * Rolls back every participant's part. Returns the participants whose prepared part someone
+   * else had committed meanwhile (never, unless done by hand against the protocol).
+   */
+  async #rollbackAll(
+    transaction: string,
+    store: string,
+    opened: Map<string, ParticipantSession>,
+  ): Promise<string[]> {
+    const committed: string[] = [];
     await Promise.all(
       [...opened].map(async ([participant, entry]) => {
         try {
           if (entry.prepared) {
-            const gid = formatGid({ coordinator: this.name, transaction, participant });
+            const gid = this.#gid(store, transaction, participant);
             await this.#onParticipant(participant, entry, `rollback prepared ${literal(gid)}`);
           } else {
             await entry.client.query('rollback');
           }
         } catch (err) {
-          if (sqlState(err) === UNDEFINED_OBJECT) return;
+          if (sqlState(err) === UNDEFINED_OBJECT) {
+            if ((await this.#fateOf(participant, entry)) === 'committed')
+              committed.push(participant);
+            return;
+          }
           // The connection is gone or busy: discard it. Recovery rolls back anything prepared.
           entry.release(true);
           this.#options.logger?.warn(
@@ -591,12 +768,14 @@ export class Coordinator {
         }
       }),
     );
+    return committed;
   }
 
   /**
-   * One recovery pass: every prepared replikit transaction on every participant whose coordinator
-   * no longer runs it is committed if a decision was recorded, rolled back otherwise. Concurrent
-   * calls in this process share one pass.
+   * One recovery pass: every prepared transaction of this coordinator (its name and decision
+   * database in the global id) on every participant, that no process of it still runs, is
+   * committed if a decision was recorded, rolled back otherwise. Other coordinators' prepared
+   * transactions are left alone. Concurrent calls in this process share one pass.
    */
   recover(): Promise<RecoveryReport> {
     this.#recovering ??= this.#recover().finally(() => {
@@ -606,6 +785,7 @@ export class Coordinator {
   }
 
   async #recover(): Promise<RecoveryReport> {
+    const store = await this.#ownStore();
     let committed = 0;
     let rolledBack = 0;
     let inProgress = 0;
@@ -629,8 +809,16 @@ export class Coordinator {
       }
       oldest[participant] = rows.reduce((max, row) => Math.max(max, row.age), 0);
       for (const row of rows) {
-        const id = row.gid.startsWith(`${GID_PREFIX}:`) ? parseGid(row.gid) : undefined;
-        if (id === undefined || id.participant !== participant) continue;
+        // Only this coordinator's decision database can say whether a transaction was decided:
+        // another's (even under the same name) must be left to it.
+        const id = parseGid(row.gid);
+        if (
+          id === undefined ||
+          id.coordinator !== this.name ||
+          id.store !== store ||
+          id.participant !== participant
+        )
+          continue;
         stillPrepared.add(id.transaction);
         const outcome = await this.#resolve(pool, row.gid, id.transaction).catch((err: unknown) => {
           this.#options.logger?.warn(
@@ -646,14 +834,16 @@ export class Coordinator {
       }
     }
     if (unreachable.length === 0) {
-      // Decisions whose every participant has committed are no longer needed; keep a minute of
-      // grace for a coordinator that is just now committing.
       // A decision is needed while any participant still holds its transaction prepared; the
-      // minute of grace covers a coordinator that is just now committing.
+      // minute of grace covers a coordinator that is just now committing. Only this coordinator's
+      // decisions over participants this pass has listed: a decision database may be shared by
+      // coordinators with other participants, whose prepared transactions we cannot see.
       await this.#coordinator
         .query(
-          `delete from ${DECISIONS_TABLE} where decided_at < now() - interval '1 minute' and transaction <> all($1::text[])`,
-          [[...stillPrepared]],
+          `delete from ${DECISIONS_TABLE}
+            where coordinator = $2 and participants <@ $3::text[]
+              and decided_at < now() - interval '1 minute' and transaction <> all($1::text[])`,
+          [[...stillPrepared], this.name, this.participants],
         )
         .catch((err: unknown) =>
           this.#options.logger?.warn({ err: errorMessage(err) }, 'could not prune decisions'),
@@ -711,7 +901,7 @@ export class Coordinator {
         await client.query('rollback');
         return 'gone';
       }
-      await client.query('commit');
+      await commitTransaction(client);
       return commit ? 'committed' : 'rolled_back';
     } catch (err) {
       broken = true;

@@ -14,6 +14,13 @@ export type TwoPhaseErrorCode =
    * roll back.
    */
   | 'TWOPC_IN_DOUBT'
+  /**
+   * The decision was to commit, but a participant's prepared part had been rolled back by someone
+   * other than this coordinator (another coordinator, or ROLLBACK PREPARED by hand), or the other
+   * way round: committed on some participants only. Recovery cannot repair it; a person must.
+   * `details` lists `committed`, `pending`, `rolledBack` and `unknown` participants.
+   */
+  | 'TWOPC_PARTIAL_COMMIT'
   /** The work named a participant the coordinator does not know. */
   | 'TWOPC_UNKNOWN_PARTICIPANT'
   | 'TWOPC_CLOSED';

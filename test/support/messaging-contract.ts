@@ -21,6 +21,7 @@ import {
   type Subscription,
   type Transport,
 } from '../../src/messaging/index.js';
+import { commitTransaction } from '../../src/db/checkout.js';
 import { parseLsn } from '../../src/routing/lsn.js';
 import { currentSession } from '../../src/routing/session.js';
 import { createTestDatabase, eventually, type TestDatabase } from './stack.js';
@@ -139,7 +140,7 @@ export function messagingContract(
       const { rows } = await client.query<{ lsn: string }>(
         'select pg_current_wal_insert_lsn()::text as lsn',
       );
-      await client.query(commit ? 'commit' : 'rollback');
+      await (commit ? commitTransaction(client) : client.query('rollback'));
       return { id: id!, lsnBeforeCommit: parseLsn(rows[0]!.lsn)! };
     } finally {
       client.release();
@@ -389,6 +390,41 @@ export function messagingContract(
         "select seq from effects where key = 'k-retry' order by id",
       );
       expect(effects.rows.map((r) => r.seq)).toEqual([1, 2, 4]);
+    });
+
+    it('retries a handler that caught a failed statement, whose transaction PostgreSQL rolled back', async () => {
+      const topic = unique('orders.placed');
+      const attempts: number[] = [];
+      const c = consumer<{ key: string; seq: number }>({
+        transport: transport(),
+        group: unique('swallow'),
+        topics: [topic],
+        maxAttempts: 3,
+        backoff: new ConstantBackoff(30),
+        handler: async (message, tx) => {
+          const { seq, key } = message.payload;
+          attempts.push(message.attempt);
+          await tx.query('insert into effects (message_id, key, seq) values ($1, $2, $3)', [
+            message.id,
+            key,
+            seq,
+          ]);
+          // The first attempt "handles" the error of a statement: its whole transaction is aborted.
+          if (message.attempt === 1) await tx.query('select 1 / 0').catch(() => undefined);
+        },
+      });
+      await c.start();
+      await relay('swallow', transport()).start();
+      await placeOrder('k-swallow', 1, topic);
+      const effects = await eventually(async () => {
+        const { rows } = await consumerPool.query<{ seq: number }>(
+          "select seq from effects where key = 'k-swallow'",
+        );
+        return rows.length > 0 ? rows : undefined;
+      }, 10_000);
+      // Acknowledged after the first attempt, the message would be gone and its effect with it.
+      expect(effects.map((r) => r.seq)).toEqual([1]);
+      expect(attempts).toEqual([1, 2]);
     });
 
     it('runs the handler in the producer’s trace, with the producer’s consistency token in its session', async () => {

@@ -9,6 +9,7 @@ import { parseInput } from '../../http/validation.js';
 import type { Cluster } from '../../routing/index.js';
 import type { SagaDefinition, SagaEngine, SagaRecord } from '../../saga/index.js';
 import type { Logger } from '../../telemetry/logger.js';
+import { idempotencyKeyHeader } from '../idempotency.js';
 import type { OrderChoreography } from './choreography.js';
 import { faultSchema, type OrderInput } from './order-saga.js';
 
@@ -65,12 +66,6 @@ const orderQuery = z.strictObject({
 });
 
 const idParam = z.strictObject({ id: z.uuid('must be a UUID') });
-const idempotencyKey = z
-  .string()
-  .trim()
-  .min(1)
-  .max(200, 'must be at most 200 characters')
-  .optional();
 
 interface OrderRow {
   id: string;
@@ -160,7 +155,7 @@ export function ordersRouter(options: OrdersOptions & { readonly logger: Logger 
   router.post('/orders', async (req, res) => {
     const { flow } = parseInput(orderQuery, req.query, 'query');
     const body = parseInput(orderBody, req.body, 'body');
-    const key = parseInput(idempotencyKey, req.get('idempotency-key'), 'header');
+    const key = parseInput(idempotencyKeyHeader, req.get('idempotency-key'), 'header');
     if (body.faults !== undefined && options.faults !== true) {
       throw new ReplikitError(
         'VALIDATION_FAILED',
