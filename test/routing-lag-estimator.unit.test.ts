@@ -273,6 +273,35 @@ describe('LagEstimator', () => {
       );
     });
 
+    it('proves a replica fresh as of the newest sample it has replayed, never later (property)', () => {
+      fc.assert(
+        fc.property(
+          scenarios,
+          fc.array(fc.integer({ min: 0, max: 50 }), { minLength: 61, maxLength: 61 }),
+          fc.boolean(),
+          ({ horizonMs, samples, replayed: [a, b] }, latencies, keepAll) => {
+            // Each sample was asked for some time before its answer arrived.
+            const sent = samples.map((s, i) => ({ ...s, sentAt: s.at - latencies[i]! }));
+            const estimator = new LagEstimator({ horizonMs: keepAll ? 1e12 : horizonMs });
+            for (const s of sent) estimator.record(s.lsn, s.at, s.sentAt);
+            for (const replayed of [a, b]) {
+              const proven = estimator.provenAsOf(replayed);
+              // What the samples prove: the latest request among those at or below `replayed`.
+              const below = sent.filter((s) => s.lsn <= replayed).map((s) => s.sentAt);
+              const truth = below.length === 0 ? undefined : Math.max(...below);
+              if (truth === undefined) expect(proven).toBeUndefined();
+              // Never later than proven (a later time would let a staler replica serve a read).
+              if (proven !== undefined) expect(proven).toBeLessThanOrEqual(truth!);
+              // With the whole history kept and requests in order, exactly what is proven.
+              const inOrder = sent.every((s, i) => i === 0 || s.sentAt >= sent[i - 1]!.sentAt);
+              if (keepAll && inOrder) expect(proven).toBe(truth);
+            }
+          },
+        ),
+        { numRuns: 300 },
+      );
+    });
+
     it('reports more lag for a further-behind replica and for a later time (property)', () => {
       fc.assert(
         fc.property(scenarios, ({ horizonMs, samples, replayed: [a, b], after }) => {

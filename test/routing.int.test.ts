@@ -1,3 +1,8 @@
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import {
@@ -11,8 +16,10 @@ import {
   type ReadEvent,
   type WaitEvent,
 } from '../src/routing/index.js';
-import type { LocalStack } from '../src/stack/index.js';
+import { parseLsn } from '../src/routing/lsn.js';
+import { LocalStack } from '../src/stack/index.js';
 import { createTestDatabase, eventually, testStack, type TestDatabase } from './support/stack.js';
+import { TcpProxy } from './support/tcp-proxy.js';
 
 let stack: LocalStack;
 let db: TestDatabase;
@@ -30,16 +37,33 @@ async function bump(id: number): Promise<{ version: number; token: ConsistencyTo
   return { version: rows[0]!.version, token };
 }
 
-async function readVersion(id: number, consistency: Consistency, token?: ConsistencyToken) {
+async function readVersion(
+  id: number,
+  consistency: Consistency,
+  token?: ConsistencyToken,
+  waitTimeoutMs?: number,
+) {
   const result = await cluster.read<{ version: number }>(
     'select version from counters where id = $1',
     [id],
     {
       consistency,
       ...(token === undefined ? {} : { token }),
+      ...(waitTimeoutMs === undefined ? {} : { waitTimeoutMs }),
     },
   );
   return { version: result.rows[0]!.version, servedBy: result.servedBy, reason: result.reason };
+}
+
+/** A write by another client: it never passes through the cluster or any session under test. */
+async function otherWrite(id: number): Promise<number> {
+  const [row] = await stack.query<{ version: number }>(
+    'primary',
+    'update counters set version = version + 1 where id = $1 returning version',
+    [id],
+    db.name,
+  );
+  return row!.version;
 }
 
 /**
@@ -247,6 +271,55 @@ describe('monotonic reads', () => {
     await writer;
     expect(eventualBackwards).toBeGreaterThan(0);
   });
+
+  it('do not go back in time after a read at another level', async () => {
+    await stack.pauseReplay('replica1');
+    let backwards = 0;
+    const served = new Set<string>();
+    for (let i = 0; i < 20; i++) {
+      await withSession(newSession(), async () => {
+        await otherWrite(42);
+        const strong = await readVersion(42, { level: 'strong' });
+        const monotonic = await readVersion(42, { level: 'monotonic' });
+        served.add(monotonic.servedBy);
+        if (monotonic.version < strong.version) backwards++;
+      });
+    }
+    expect(backwards).toBe(0);
+    expect(served.has('replica2')).toBe(true);
+
+    // The control: eventual reads after the strong one do go back in time on the paused replica.
+    let eventualBackwards = 0;
+    for (let i = 0; i < 20 && eventualBackwards === 0; i++) {
+      await withSession(newSession(), async () => {
+        await otherWrite(42);
+        const strong = await readVersion(42, { level: 'strong' });
+        const eventual = await readVersion(42, { level: 'eventual' });
+        if (eventual.version < strong.version) eventualBackwards++;
+      });
+    }
+    expect(eventualBackwards).toBeGreaterThan(0);
+  });
+
+  it('after one served by the primary, are served by replicas across a WAL segment switch on an idle primary', async () => {
+    await withSession(newSession(), async () => {
+      // A monotonic read the primary answers: no replica has the session's write yet.
+      await stack.pauseReplay('replica1');
+      await stack.pauseReplay('replica2');
+      await bump(43);
+      await stack.query('primary', 'select pg_switch_wal()');
+      const first = await readVersion(43, { level: 'monotonic' }, undefined, 100);
+      expect(first.servedBy).toBe('primary');
+
+      // The primary stays idle; the replicas replay everything it wrote, up to the segment end.
+      await stack.resumeReplay('replica1');
+      await stack.resumeReplay('replica2');
+      await stack.waitForReplicas();
+      const second = await readVersion(43, { level: 'monotonic' }, undefined, 1000);
+      expect(second.servedBy).toMatch(/^replica[12]$/);
+      expect(second.version).toBeGreaterThanOrEqual(first.version);
+    });
+  });
 });
 
 describe('sticky window', () => {
@@ -331,5 +404,210 @@ describe('bounded staleness and rotation', () => {
     const replica1 = cluster.replicaStatus().find((replica) => replica.name === 'replica1')!;
     expect(replica1.up).toBe(false);
     expect(replica1.lagSeconds).toBeGreaterThan(0);
+  });
+});
+
+describe('bounded staleness against writes of other clients', () => {
+  const BOUNDED: Consistency = { level: 'bounded-staleness', maxStalenessMs: 20 };
+
+  /**
+   * Waits until both replicas have replayed everything and `target` knows it: its cached replay
+   * positions are at or past its cached primary position.
+   */
+  async function replicasCaughtUp(target: Cluster): Promise<void> {
+    await stack.waitForReplicas();
+    await eventually(() =>
+      target
+        .replicaStatus()
+        .every((replica) => replica.health.state === 'healthy' && replica.lagBytes === 0)
+        ? true
+        : undefined,
+    );
+  }
+
+  /**
+   * One trial of the scenario the bound must survive: replay paused on both replicas, a write by
+   * another client, then a read 60 ms later. Whether the read showed the write, and who served it.
+   */
+  async function trial(
+    target: Cluster,
+    consistency: Consistency,
+  ): Promise<{ stale: boolean; servedBy: string }> {
+    await stack.resumeReplay('replica1');
+    await stack.resumeReplay('replica2');
+    await replicasCaughtUp(target);
+    await stack.pauseReplay('replica1');
+    await stack.pauseReplay('replica2');
+    const written = await otherWrite(41);
+    await sleep(60);
+    const read = await target.read<{ version: number }>(
+      'select version from counters where id = 41',
+      [],
+      { consistency },
+    );
+    return { stale: read.rows[0]!.version < written, servedBy: read.servedBy };
+  }
+
+  it('never serves a read older than its bound from a paused replica', async () => {
+    // Sampling every 500 ms: most of the time no sample of the primary falls between the write
+    // and the read, so its position is not known to have moved, whoever wrote.
+    const sparse = createCluster({
+      primary: db.primaryUrl,
+      replicas: db.replicaUrls,
+      monitorIntervalMs: 500,
+    });
+    try {
+      await sparse.ready();
+      const served: Record<string, number> = {};
+      let stale = 0;
+      for (let i = 0; i < 15; i++) {
+        const result = await trial(sparse, BOUNDED);
+        if (result.stale) stale++;
+        served[result.servedBy] = (served[result.servedBy] ?? 0) + 1;
+      }
+      expect(served).toEqual({ primary: 15 });
+      expect(stale).toBe(0);
+
+      // The control: the same scenario at eventual is served stale by the paused replicas, so
+      // the trials above would have seen a stale read had one been served.
+      let eventualStale = 0;
+      for (let i = 0; i < 3; i++)
+        if ((await trial(sparse, { level: 'eventual' })).stale) eventualStale++;
+      expect(eventualStale).toBe(3);
+    } finally {
+      await sparse.close();
+    }
+  });
+
+  it('still serves tight bounds from replicas that keep up', async () => {
+    await replicasCaughtUp(cluster);
+    const served: Record<string, number> = {};
+    for (let i = 0; i < 20; i++) {
+      const written = await otherWrite(41);
+      // Past the bound: the read must show the write (one within the bound it may miss).
+      await sleep(25);
+      const read = await readVersion(41, BOUNDED);
+      expect(read.version).toBeGreaterThanOrEqual(written);
+      served[read.servedBy] = (served[read.servedBy] ?? 0) + 1;
+    }
+    expect((served['replica1'] ?? 0) + (served['replica2'] ?? 0)).toBeGreaterThan(0);
+  });
+});
+
+describe('a position belongs to the server it was read from', () => {
+  it('does not prove a read on another server behind the same address', async () => {
+    // One replica address, as behind DNS or a load balancer: the monitor's connection reaches
+    // replica2; the read pool's connections, opened later, reach replica1, whose replay is paused.
+    const proxy = await TcpProxy.start(stack.node('replica2').port);
+    const behind = createCluster({ primary: db.primaryUrl, replicas: { r: proxy.url(db.name) } });
+    try {
+      await behind.ready();
+      proxy.retarget(stack.node('replica1').port, { keepOpen: true });
+      await stack.pauseReplay('replica1');
+      const { rows, token } = await behind.write<{ version: number }>(
+        'update counters set version = version + 1 where id = 44 returning version',
+      );
+      const read = await behind.read<{ version: number }>(
+        'select version from counters where id = 44',
+        [],
+        { token },
+      );
+      expect(read.rows[0]!.version).toBe(rows[0]!.version);
+      expect(read).toMatchObject({ servedBy: 'primary', reason: 'server_changed' });
+    } finally {
+      await behind.close();
+      await proxy.close();
+    }
+  });
+
+  it('does not prove a read on a replica restarted since its position was sampled', async () => {
+    // A monitor that will not look again for a minute: its cached position is from before the
+    // restart, and only the read's own connection can tell that the server changed. (A restarted
+    // server may come back behind that position, from a backup or an earlier restart point.)
+    const restarted = createCluster({
+      primary: db.primaryUrl,
+      replicas: { r: db.replicaUrls['replica2']! },
+      monitorIntervalMs: 60_000,
+    });
+    const read = () =>
+      restarted.read('select 1', [], { consistency: { level: 'read-your-writes' } });
+    try {
+      await restarted.ready();
+      await stack.restartNode('replica2');
+      expect(await read()).toMatchObject({ servedBy: 'primary', reason: 'server_changed' });
+      // The failed check made the monitor look again: the restarted server's own position then
+      // proves reads there.
+      const again = await eventually(async () => {
+        const result = await read();
+        return result.servedBy === 'r' ? result : undefined;
+      });
+      expect(again.reason).toBe('caught_up');
+    } finally {
+      await restarted.close();
+      // The file's shared cluster saw replica2 go away: let it take it back before other tests.
+      await eventually(() =>
+        cluster.replicaStatus().every((replica) => replica.health.state === 'healthy')
+          ? true
+          : undefined,
+      );
+    }
+  });
+
+  it('forgets the old primary position after a failover to a primary that is behind it', async () => {
+    // A stack of its own: a failover here would break every other test's stack.
+    const dir = await mkdtemp(join(tmpdir(), 'replikit-failover-'));
+    const own = await LocalStack.start({ dir, replicas: 1 });
+    const proxy = await TcpProxy.start(own.primary.port);
+    const failing = createCluster({ primary: proxy.url('postgres'), replicas: {} });
+    try {
+      await failing.ready();
+      // The replica stops; the primary writes on, far past it.
+      await own.stopNode('replica1');
+      await own.query(
+        'primary',
+        'create table filler as select g from generate_series(1, 20000) g',
+      );
+      const old = failing.primaryStatus()!;
+      await eventually(async () => {
+        await failing.write('select 1');
+        return failing.primaryStatus()!.insertLsn !== old.insertLsn ? true : undefined;
+      });
+      const before = parseLsn(failing.primaryStatus()!.insertLsn)!;
+
+      // Failover: the old primary dies, the replica is promoted and the address points at it.
+      await own.killNode('primary');
+      await own.startNode('replica1');
+      await own.query('replica1', 'select pg_promote(true, 60)');
+      proxy.retarget(own.node('replica1').port, { keepOpen: true });
+      const after = await eventually(() => {
+        const status = failing.primaryStatus();
+        return status !== undefined && status.timeline !== old.timeline ? status : undefined;
+      });
+      const [current] = await own.query<{ lsn: string }>(
+        'replica1',
+        'select pg_current_wal_insert_lsn()::text as lsn',
+      );
+      const actual = parseLsn(current!.lsn)!;
+      expect(actual).toBeLessThan(before);
+      expect(parseLsn(after.insertLsn)!).toBeLessThanOrEqual(actual);
+
+      // A token of the new timeline beyond the new primary's position is refused, not waited on.
+      const forged: ConsistencyToken = {
+        systemId: after.systemId,
+        timeline: after.timeline,
+        written: actual + (before - actual) / 2n,
+        seen: 0n,
+        writtenAt: Date.now(),
+      };
+      const failure = await failing
+        .read('select 1', [], { token: forged, waitTimeoutMs: 100 })
+        .catch((err: unknown) => err);
+      expect(failure).toBeInstanceOf(RoutingError);
+      expect((failure as RoutingError).code).toBe('TOKEN_AHEAD');
+    } finally {
+      await failing.close();
+      await proxy.close();
+      await own.purge();
+    }
   });
 });

@@ -49,8 +49,9 @@ export const WAIT_BUDGET_SECONDS = 1;
 /**
  * Routing reasons that sent a read to the primary although its consistency level would have let a
  * replica serve it: the wait timed out, the replica failed, none was in rotation, none was fresh
- * enough, or the token was not trusted. (`strong` and `sticky_window` reads go to the primary by
- * design and are not fallbacks.) Shared by the fallback panel and the fallback alert.
+ * enough, the token was not trusted, or the read reached another server than the one that proved
+ * the route. (`strong` and `sticky_window` reads go to the primary by design and are not
+ * fallbacks.) Shared by the fallback panel and the fallback alert.
  */
 export const FALLBACK_REASONS = [
   'timeout_fallback',
@@ -58,6 +59,7 @@ export const FALLBACK_REASONS = [
   'no_replica',
   'too_stale',
   'token_untrusted',
+  'server_changed',
 ] as const;
 
 /** A PromQL regular expression matching any of `values`. */

@@ -17,10 +17,14 @@ import { LsnWaiter } from './lsn-waiter.js';
 import {
   PrimaryMonitor,
   ReplicaMonitor,
+  SERVER_IDENTITY,
+  sameServer,
+  samePrimary,
   type MonitorOptions,
   type PrimarySample,
   type ReplicaHealth,
   type ReplicaSample,
+  type ServerIdentity,
 } from './node-monitor.js';
 import { RoutingError } from './routing-error.js';
 import type { RouteReason, RoutingObserver } from './routing-observer.js';
@@ -91,7 +95,10 @@ export interface ReadResult<R> {
   /** `primary` or the replica's name. */
   readonly servedBy: string;
   readonly reason: RouteReason;
-  /** The session's token after this read (with `seen` advanced for monotonic reads). */
+  /**
+   * The session's token after this read: `seen` advanced for a monotonic read and for any read in
+   * a session or given a token.
+   */
   readonly token: ConsistencyToken | undefined;
 }
 
@@ -124,6 +131,8 @@ export interface ReplicaStatus {
 interface Route {
   readonly node: string;
   readonly reason: RouteReason;
+  /** The server whose cached position chose this replica; the read must reach that one. */
+  readonly provenOn?: ServerIdentity;
 }
 
 interface ReplicaEntry {
@@ -149,6 +158,22 @@ function poolConfig(connection: NodeConnection, max: number, role: string): pg.P
 
 function clientConfig(connection: NodeConnection): pg.ClientConfig {
   return typeof connection === 'string' ? { connectionString: connection } : connection;
+}
+
+/** Which server each pooled connection reached, asked once per connection. */
+const identities = new WeakMap<pg.PoolClient, Promise<ServerIdentity>>();
+
+function identityOf(client: pg.PoolClient): Promise<ServerIdentity> {
+  let identity = identities.get(client);
+  if (identity === undefined) {
+    identity = client
+      .query<{ system_id: string; started_at: string }>(SERVER_IDENTITY)
+      .then(({ rows }) => ({ systemId: rows[0]?.system_id, startedAt: rows[0]?.started_at }));
+    // A failed query is not an identity: ask again on the next checkout.
+    identity.catch(() => identities.delete(client));
+    identities.set(client, identity);
+  }
+  return identity;
 }
 
 /** Runs `fn` on a client checked out of `pool`; one that failed on its connection is discarded. */
@@ -189,7 +214,9 @@ export class Cluster {
   readonly primary: pg.Pool;
   readonly #replicas: ReplicaEntry[];
   readonly #primaryMonitor: PrimaryMonitor;
-  readonly #lag = new LagEstimator();
+  /** Positions of the primary over time; replaced when the primary's identity changes. */
+  #lag = new LagEstimator();
+  #lagOf: PrimarySample | undefined;
   readonly #waiter = new LsnWaiter();
   readonly #options: ClusterOptions;
   readonly #tracer: Tracer;
@@ -313,6 +340,12 @@ export class Cluster {
       DEFAULT_CONSISTENCY;
     const token = mergeTokens(session?.token, options.token);
     const started = performance.now();
+    const invokedAt = Date.now();
+    // Every read in a session (or given a token) remembers what it saw, so that a later monotonic
+    // read does not go back in time, whatever level this one was read at. It costs one more
+    // query on the read's connection; a read nobody can follow up on skips it.
+    const trackSeen =
+      consistency.level === 'monotonic' || session !== undefined || options.token !== undefined;
     return this.#tracer.startActiveSpan(
       'replikit.read',
       { kind: SpanKind.INTERNAL, attributes: { 'replikit.consistency': consistency.level } },
@@ -325,16 +358,10 @@ export class Cluster {
               'replikit.token.lsn',
               formatLsn(requiredPosition(token, consistency.level === 'monotonic')),
             );
-          let route = await this.#route(consistency, token, options, span);
-          let result: pg.QueryResult<R>;
-          let seen: Lsn | undefined;
+          let route = await this.#route(consistency, token, invokedAt, options, span);
+          let ran: { result: pg.QueryResult<R>; seen: Lsn | undefined } | undefined;
           try {
-            ({ result, seen } = await this.#run<R>(
-              route.node,
-              sql,
-              params,
-              consistency.level === 'monotonic',
-            ));
+            ran = await this.#run<R>(route, sql, params, trackSeen);
           } catch (err) {
             if (route.node === 'primary' || !isConnectionError(err)) throw err;
             // A replica that died or cancelled the read for a recovery conflict: reads have no
@@ -350,17 +377,30 @@ export class Cluster {
             // Let the monitor look now rather than at its next interval.
             this.#replicas.find((replica) => replica.name === route.node)?.monitor.wake();
             route = { node: 'primary', reason: 'replica_error' };
-            ({ result, seen } = await this.#run<R>(
-              'primary',
-              sql,
-              params,
-              consistency.level === 'monotonic',
-            ));
+            ran = await this.#run<R>(route, sql, params, trackSeen);
           }
+          if (ran === undefined) {
+            // The read's connection reached another server than the one whose position chose
+            // the replica (another server behind the same address, or a restart): the proof
+            // does not hold there.
+            span.addEvent('replikit.fallback', { 'replikit.fallback.from': route.node });
+            this.#replicas.find((replica) => replica.name === route.node)?.monitor.wake();
+            route = { node: 'primary', reason: 'server_changed' };
+            ran = (await this.#run<R>(route, sql, params, trackSeen))!;
+          }
+          const { result, seen } = ran;
           let newToken = token;
-          if (seen !== undefined && newToken !== undefined && !(session?.tokenUntrusted ?? false)) {
-            newToken = { ...newToken, seen: maxLsn(newToken.seen, seen) };
-          } else if (seen !== undefined && newToken === undefined) {
+          const primary = this.#primaryMonitor.sample;
+          if (seen !== undefined && newToken !== undefined) {
+            // A position means something only on the token's own cluster and timeline.
+            if (
+              !(session?.tokenUntrusted ?? false) &&
+              primary !== undefined &&
+              newToken.systemId === primary.systemId &&
+              newToken.timeline === primary.timeline
+            )
+              newToken = { ...newToken, seen: maxLsn(newToken.seen, seen) };
+          } else if (seen !== undefined && primary !== undefined) {
             newToken = this.#tokenAt(0n, seen);
           }
           if (session !== undefined) {
@@ -471,6 +511,7 @@ export class Cluster {
   async #route(
     consistency: Consistency,
     token: ConsistencyToken | undefined,
+    invokedAt: number,
     options: ReadOptions,
     span: Span,
   ): Promise<Route> {
@@ -496,7 +537,10 @@ export class Cluster {
       }
       const required = requiredPosition(token, consistency.level === 'monotonic');
       await this.#assertNotAhead(required);
-      return this.#routeToPosition(required, options, span);
+      // A wait for the write itself measures how long it took to become visible; one for a
+      // position a read saw later does not.
+      const writtenAt = required === token.written ? token.writtenAt : undefined;
+      return this.#routeToPosition(required, options, span, writtenAt);
     }
 
     if (consistency.level === 'read-your-writes' || consistency.level === 'monotonic') {
@@ -514,18 +558,8 @@ export class Cluster {
         : { node: replica.name, reason: 'any_replica' };
     }
 
-    if (consistency.level === 'bounded-staleness') {
-      const now = Date.now();
-      const inRotation = this.#inRotation();
-      if (inRotation.length === 0) return this.#noReplica();
-      const within = inRotation.filter(
-        (replica) => this.#lagMs(replica, now) <= consistency.maxStalenessMs,
-      );
-      const replica = this.#pick(within);
-      return replica === undefined
-        ? { node: 'primary', reason: 'too_stale' }
-        : { node: replica.name, reason: 'within_bound' };
-    }
+    if (consistency.level === 'bounded-staleness')
+      return this.#routeBounded(consistency.maxStalenessMs, invokedAt, options, span);
 
     const replica = this.#pick(this.#inRotation());
     return replica === undefined
@@ -533,15 +567,84 @@ export class Cluster {
       : { node: replica.name, reason: 'any_replica' };
   }
 
-  /** A replica that has replayed `required`, waiting a bounded time for one if none has yet. */
-  async #routeToPosition(required: Lsn, options: ReadOptions, span: Span): Promise<Route> {
+  /**
+   * A replica that provably shows every transaction committed `boundMs` before the read was
+   * invoked (see docs/routing.md). A replica that has replayed a primary position asked for at
+   * time s shows every commit made before s, whoever made it; the lag estimate cannot say that
+   * (it learns of other clients' writes only at the next sample). When the cached samples prove
+   * no replica fresh enough, a fresh primary position and a short wait for a replica to replay it
+   * can; else the primary serves the read.
+   */
+  async #routeBounded(
+    boundMs: number,
+    invokedAt: number,
+    options: ReadOptions,
+    span: Span,
+  ): Promise<Route> {
+    const inRotation = this.#inRotation();
+    if (inRotation.length === 0) return this.#noReplica();
+    const oldestAllowed = invokedAt - boundMs;
+    const proven = this.#pick(
+      inRotation.filter((replica) => (this.#provenAsOf(replica) ?? -Infinity) >= oldestAllowed),
+    );
+    if (proven !== undefined)
+      return { node: proven.name, reason: 'within_bound', provenOn: proven.monitor.sample };
+    // Replicas estimated to be further behind than the bound are not worth a round trip.
+    const now = Date.now();
+    if (!inRotation.some((replica) => this.#lagMs(replica, now) <= boundMs))
+      return { node: 'primary', reason: 'too_stale' };
+    // A refresh already in flight may have been asked for too early to prove anything.
+    let fresh = await this.#primaryMonitor.refresh().catch(() => undefined);
+    if (fresh !== undefined && fresh.sentAt < oldestAllowed)
+      fresh = await this.#primaryMonitor.refresh().catch(() => undefined);
+    if (fresh === undefined || fresh.sentAt < oldestAllowed)
+      return { node: 'primary', reason: 'too_stale' };
+    const waitTimeoutMs = Math.min(
+      boundMs,
+      options.waitTimeoutMs ?? this.#options.waitTimeoutMs ?? 1000,
+    );
+    const route = await this.#routeToPosition(
+      normalizeInsertLsn(fresh.insertLsn, fresh.walBlockSize),
+      { ...options, waitTimeoutMs, onWaitTimeout: 'primary' },
+      span,
+    );
+    switch (route.reason) {
+      case 'caught_up':
+        return { ...route, reason: 'within_bound' };
+      case 'timeout_fallback':
+        return { node: 'primary', reason: 'too_stale' };
+      default:
+        return route;
+    }
+  }
+
+  /** When a replica provably showed every commit, from its cached replay position. */
+  #provenAsOf(replica: ReplicaEntry): number | undefined {
+    const replayed = replica.monitor.sample?.replayLsn;
+    // Only a position on the primary's timeline (or on an ancestor, before the fork) compares
+    // with the primary's samples: a replica left past the fork shows a high position that proves
+    // nothing, and until its health says diverged it is still in rotation.
+    if (replayed === undefined || !this.#hasReplayed(replica, replayed)) return undefined;
+    return this.#lag.provenAsOf(replayed);
+  }
+
+  /**
+   * A replica that has replayed `required`, waiting a bounded time for one if none has yet.
+   * `writtenAt`: when `required` is the end of a write, the write's time (for its visibility).
+   */
+  async #routeToPosition(
+    required: Lsn,
+    options: ReadOptions,
+    span: Span,
+    writtenAt?: number,
+  ): Promise<Route> {
     const usable = this.#usable();
     if (usable.length === 0) return this.#noReplica();
     const caughtUp = this.#pick(usable.filter((replica) => this.#hasReplayed(replica, required)));
     if (caughtUp !== undefined) {
       if (span.isRecording())
         span.setAttribute('replikit.replica.lsn', formatLsn(caughtUp.monitor.sample!.replayLsn!));
-      return { node: caughtUp.name, reason: 'caught_up' };
+      return { node: caughtUp.name, reason: 'caught_up', provenOn: caughtUp.monitor.sample };
     }
 
     const timeoutMs = options.waitTimeoutMs ?? this.#options.waitTimeoutMs ?? 1000;
@@ -576,7 +679,6 @@ export class Cluster {
       },
     );
     const waitedMs = performance.now() - started;
-    const writtenAt = currentSession()?.token?.writtenAt ?? options.token?.writtenAt;
     this.#observe(() =>
       this.#options.observer?.onWait?.({
         replica,
@@ -592,7 +694,12 @@ export class Cluster {
       const entry = this.#replicas.find((candidate) => candidate.name === replica);
       if (entry?.monitor.sample?.replayLsn !== undefined)
         span.setAttribute('replikit.replica.lsn', formatLsn(entry.monitor.sample.replayLsn));
-      return { node: replica, reason: 'waited' };
+      return {
+        node: replica,
+        reason: 'waited',
+        // No sample is no identity: the check on the read's connection then fails safe.
+        provenOn: entry?.monitor.sample ?? { systemId: undefined, startedAt: undefined },
+      };
     }
     const expectedWaitMs = this.#expectedWaitMs();
     if (onTimeout === 'error') {
@@ -632,34 +739,61 @@ export class Cluster {
     }
   }
 
+  /**
+   * Runs the read where `route` says; with `trackSeen`, also an upper bound of the position its
+   * snapshot showed. `undefined` when the route rests on a replica's cached position and the
+   * read's connection reached another server than the one that position came from.
+   */
   async #run<R extends pg.QueryResultRow>(
-    node: string,
+    route: Route,
     sql: string,
     params: readonly unknown[],
     trackSeen: boolean,
-  ): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined }> {
+  ): Promise<{ result: pg.QueryResult<R>; seen: Lsn | undefined } | undefined> {
     const replica =
-      node === 'primary' ? undefined : this.#replicas.find((entry) => entry.name === node);
+      route.node === 'primary'
+        ? undefined
+        : this.#replicas.find((entry) => entry.name === route.node);
     const pool = replica?.pool ?? this.primary;
-    if (!trackSeen)
+    const provenOn = replica === undefined ? undefined : route.provenOn;
+    if (!trackSeen && provenOn === undefined)
       return { result: await pool.query<R>(sql, params as unknown[]), seen: undefined };
     return withClient(pool, async (client) => {
+      // Checked before the read's statement, like the position itself (asked once per connection).
+      if (provenOn !== undefined && !sameServer(await identityOf(client), provenOn))
+        return undefined;
       const result = await client.query<R>(sql, params as unknown[]);
+      if (!trackSeen) return { result, seen: undefined };
       // An upper bound of what the read's snapshot showed: asked after the read finished.
       const position =
         replica === undefined ? 'pg_current_wal_insert_lsn()' : 'pg_last_wal_replay_lsn()';
       const { rows } = await client.query<{ lsn: string }>(`select ${position}::text as lsn`);
-      return { result, seen: parseLsn(rows[0]?.lsn ?? '') };
+      const seen = parseLsn(rows[0]?.lsn ?? '');
+      // A raw insert position can sit past a page header no replica ever stops at: rounded, a
+      // caught-up replica can prove it (docs/routing.md, monotonic reads).
+      const walBlockSize = this.#primaryMonitor.sample?.walBlockSize;
+      return {
+        result,
+        seen:
+          seen === undefined || replica !== undefined || walBlockSize === undefined
+            ? seen
+            : normalizeInsertLsn(seen, walBlockSize),
+      };
     });
   }
 
   /** The token for everything committed on `client` so far; merged into the session's. */
   async #tokenAfterCommit(client: pg.PoolClient): Promise<ConsistencyToken> {
+    const identity = await identityOf(client);
+    const sentAt = Date.now();
     const { rows } = await client.query<{ lsn: string }>(
       'select pg_current_wal_insert_lsn()::text as lsn',
     );
     const position = parseLsn(rows[0]?.lsn ?? '') ?? 0n;
-    this.#primaryMonitor.observe(position);
+    // Only a position of the server the monitor samples may join its samples.
+    const primary = this.#primaryMonitor.sample;
+    if (primary !== undefined && sameServer(identity, primary))
+      this.#primaryMonitor.observe(position, sentAt);
     const token = this.#tokenAt(position);
     recordToken(token);
     return token;
@@ -730,10 +864,19 @@ export class Cluster {
   }
 
   #onPrimarySample(sample: PrimarySample): void {
+    // Positions of another server, a restarted one or an earlier timeline say nothing about this
+    // one's: start the history again.
+    if (this.#lagOf !== undefined && !samePrimary(this.#lagOf, sample))
+      this.#lag = new LagEstimator();
+    this.#lagOf = sample;
     // The raw insert position of an idle primary whose last record ended on a page boundary is
     // past the next page's header, where no replay position ever stops: caught-up replicas would
     // show a lag that grows for as long as the primary stays idle.
-    this.#lag.record(normalizeInsertLsn(sample.insertLsn, sample.walBlockSize), sample.at);
+    this.#lag.record(
+      normalizeInsertLsn(sample.insertLsn, sample.walBlockSize),
+      sample.at,
+      sample.sentAt,
+    );
   }
 
   #onReplicaSample(monitor: ReplicaMonitor): void {

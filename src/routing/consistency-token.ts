@@ -15,7 +15,7 @@ export interface ConsistencyToken {
   readonly timeline: number;
   /** Position after this session's latest write committed. `0n` when it has not written. */
   readonly written: Lsn;
-  /** Highest position a read of this session is known to have seen (for monotonic reads). */
+  /** Highest position any read of this session, at any level, may have seen (for monotonic reads). */
   readonly seen: Lsn;
   /** Milliseconds since the epoch of this session's latest write, `0` when none (for sticky-window). */
   readonly writtenAt: number;

@@ -24,6 +24,8 @@ export interface ReplicaSample {
   /** Whether the WAL receiver is streaming from the primary. */
   readonly streaming: boolean;
   readonly systemId: string | undefined;
+  /** `pg_postmaster_start_time()` in seconds since the epoch, as text: changes at every restart. */
+  readonly startedAt: string | undefined;
   /**
    * The timeline the replica streams (`pg_stat_wal_receiver.received_tli`) while its WAL receiver
    * runs, else the timeline of its latest restartpoint, which lags behind a timeline switch (so a
@@ -35,12 +37,70 @@ export interface ReplicaSample {
 /** What one look at the primary showed. */
 export interface PrimarySample {
   readonly at: number;
+  /**
+   * Local time (ms) just before the sample was asked for: every transaction that had committed
+   * by then ends at or below `insertLsn`.
+   */
+  readonly sentAt: number;
   readonly inRecovery: boolean;
   /** `pg_current_wal_insert_lsn()`: at or past the end of every committed transaction. */
   readonly insertLsn: Lsn;
   readonly systemId: string;
   readonly timeline: number;
+  /** `pg_postmaster_start_time()` in seconds since the epoch, as text: changes at every restart. */
+  readonly startedAt: string;
   readonly walBlockSize: number;
+}
+
+/**
+ * The server a position was read from. Positions only move forward on one running server: a
+ * restart (it may come back from an older backup, or replay from an earlier restart point) or
+ * another server behind the same address makes a cached position mean nothing. The timeline is
+ * not part of it: a running replica moves to a new timeline when it follows a promotion, and
+ * whether its positions still compare with the primary's is the timeline check's to say
+ * (timeline.ts); a primary's timeline is compared as well ({@link samePrimary}).
+ */
+export interface ServerIdentity {
+  readonly systemId: string | undefined;
+  readonly startedAt: string | undefined;
+}
+
+/** Asks a connection which server it reached; see {@link ServerIdentity}. */
+export const SERVER_IDENTITY = `select (select system_identifier::text from pg_control_system()) as system_id,
+  extract(epoch from pg_postmaster_start_time())::text as started_at`;
+
+/** Whether two identities name the same running server; an unknown one names none. */
+export function sameServer(a: ServerIdentity, b: ServerIdentity): boolean {
+  return (
+    a.systemId !== undefined &&
+    a.startedAt !== undefined &&
+    a.systemId === b.systemId &&
+    a.startedAt === b.startedAt
+  );
+}
+
+/** Whether two primary samples come from the same server on the same timeline. */
+export function samePrimary(a: PrimarySample, b: PrimarySample): boolean {
+  return sameServer(a, b) && a.timeline === b.timeline;
+}
+
+/**
+ * The primary sample to keep once `fresh` arrives. On the same server and timeline the position
+ * never goes down: one observed after a commit may be newer than the sample, and still bounds
+ * every commit before the sample was asked for. Another server, a restart or a new timeline (a
+ * failover) replaces everything, even with a lower position: the old one was another server's.
+ */
+export function nextPrimarySample(
+  previous: PrimarySample | undefined,
+  fresh: PrimarySample,
+): PrimarySample {
+  if (
+    previous === undefined ||
+    !samePrimary(previous, fresh) ||
+    fresh.insertLsn >= previous.insertLsn
+  )
+    return fresh;
+  return { ...fresh, insertLsn: previous.insertLsn };
 }
 
 /**
@@ -92,6 +152,7 @@ const REPLICA_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::float8 as last_replay_at,
   coalesce((select status = 'streaming' from pg_stat_wal_receiver), false) as streaming,
   (select system_identifier::text from pg_control_system()) as system_id,
+  extract(epoch from pg_postmaster_start_time())::text as started_at,
   coalesce((select received_tli from pg_stat_wal_receiver),
     (select timeline_id from pg_control_checkpoint())) as timeline`;
 
@@ -102,15 +163,22 @@ const PRIMARY_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   pg_current_wal_insert_lsn()::text as insert_lsn,
   (select system_identifier::text from pg_control_system()) as system_id,
   ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int as timeline,
-  current_setting('wal_block_size')::int as wal_block_size`;
+  current_setting('wal_block_size')::int as wal_block_size,
+  extract(epoch from pg_postmaster_start_time())::text as started_at`;
 
 /** One connection of its own to a node, re-opened after a failure. */
 class MonitorConnection {
   #client: pg.Client | undefined;
+  #opened = 0;
   readonly #config: pg.ClientConfig;
 
   constructor(config: pg.ClientConfig) {
     this.#config = config;
+  }
+
+  /** How many connections have been opened: a new one may have reached another server. */
+  get opened(): number {
+    return this.#opened;
   }
 
   async query<R extends pg.QueryResultRow>(sql: string): Promise<R | undefined> {
@@ -124,6 +192,7 @@ class MonitorConnection {
         throw err;
       }
       this.#client = client;
+      this.#opened++;
     }
     const client = this.#client;
     try {
@@ -172,6 +241,8 @@ export class ReplicaMonitor {
   #lastError: string | undefined;
   #lastFailureAt: number | undefined;
   #polls = 0;
+  /** The connection the latest full sample came from (see MonitorConnection.opened). */
+  #sampledOn = -1;
   readonly #connection: MonitorConnection;
   readonly #options: MonitorOptions;
   readonly #onSample: (monitor: ReplicaMonitor) => void;
@@ -260,43 +331,11 @@ export class ReplicaMonitor {
   async #sampleOnce(fullSample: boolean): Promise<void> {
     try {
       this.#polls++;
-      if (fullSample) {
-        const row = await this.breaker.execute(() =>
-          this.#connection.query<{
-            in_recovery: boolean;
-            replay_lsn: string | null;
-            receive_lsn: string | null;
-            last_replay_at: number | null;
-            streaming: boolean;
-            system_id: string;
-            timeline: number | null;
-          }>(REPLICA_SAMPLE),
-        );
-        if (row === undefined) throw new Error('the replica sample returned no row');
-        this.#sample = {
-          at: Date.now(),
-          inRecovery: row.in_recovery,
-          replayLsn: row.replay_lsn === null ? undefined : parseLsn(row.replay_lsn),
-          receiveLsn: row.receive_lsn === null ? undefined : parseLsn(row.receive_lsn),
-          lastReplayAt: row.last_replay_at ?? undefined,
-          streaming: row.streaming,
-          systemId: row.system_id,
-          timeline: row.timeline ?? undefined,
-        };
-      } else {
-        const row = await this.breaker.execute(() =>
-          this.#connection.query<{ replay_lsn: string | null }>(REPLICA_POLL),
-        );
-        const previous = this.#sample;
-        if (previous !== undefined && row?.replay_lsn != null) {
-          const replayLsn = parseLsn(row.replay_lsn);
-          this.#sample = {
-            ...previous,
-            at: Date.now(),
-            replayLsn: replayLsn ?? previous.replayLsn,
-          };
-        }
-      }
+      // A polled position carries the identity of the last full sample, which is only right on
+      // the connection that sample came over: a new one may have reached another server, or
+      // this one restarted.
+      if (fullSample || this.#connection.opened !== this.#sampledOn || !(await this.#poll()))
+        await this.#full();
       this.#lastError = undefined;
       this.#lastFailureAt = undefined;
     } catch (err) {
@@ -304,6 +343,52 @@ export class ReplicaMonitor {
       this.#lastFailureAt ??= Date.now();
     }
     this.#onSample(this);
+  }
+
+  async #full(): Promise<void> {
+    const row = await this.breaker.execute(() =>
+      this.#connection.query<{
+        in_recovery: boolean;
+        replay_lsn: string | null;
+        receive_lsn: string | null;
+        last_replay_at: number | null;
+        streaming: boolean;
+        system_id: string;
+        started_at: string;
+        timeline: number | null;
+      }>(REPLICA_SAMPLE),
+    );
+    if (row === undefined) throw new Error('the replica sample returned no row');
+    this.#sampledOn = this.#connection.opened;
+    this.#sample = {
+      at: Date.now(),
+      inRecovery: row.in_recovery,
+      replayLsn: row.replay_lsn === null ? undefined : parseLsn(row.replay_lsn),
+      receiveLsn: row.receive_lsn === null ? undefined : parseLsn(row.receive_lsn),
+      lastReplayAt: row.last_replay_at ?? undefined,
+      streaming: row.streaming,
+      systemId: row.system_id,
+      startedAt: row.started_at,
+      timeline: row.timeline ?? undefined,
+    };
+  }
+
+  /** Polls the replay position only; false when the answer came over a new connection. */
+  async #poll(): Promise<boolean> {
+    const row = await this.breaker.execute(() =>
+      this.#connection.query<{ replay_lsn: string | null }>(REPLICA_POLL),
+    );
+    if (this.#connection.opened !== this.#sampledOn) return false;
+    const previous = this.#sample;
+    if (previous !== undefined && row?.replay_lsn != null) {
+      const replayLsn = parseLsn(row.replay_lsn);
+      this.#sample = {
+        ...previous,
+        at: Date.now(),
+        replayLsn: replayLsn ?? previous.replayLsn,
+      };
+    }
+    return true;
   }
 }
 
@@ -364,15 +449,16 @@ export class PrimaryMonitor {
    * Records a position the primary is known to have reached (read after a commit on another
    * connection), so tokens of this process never need a refresh and lag is measured from it too.
    */
-  observe(insertLsn: Lsn): void {
+  observe(insertLsn: Lsn, sentAt: number): void {
     const sample = this.#sample;
     if (sample === undefined || insertLsn <= sample.insertLsn) return;
-    this.#sample = { ...sample, insertLsn, at: Date.now() };
+    this.#sample = { ...sample, insertLsn, at: Date.now(), sentAt };
     this.#onSample(this.#sample);
   }
 
   async #sampleNow(): Promise<PrimarySample> {
     this.#polls++;
+    const sentAt = Date.now();
     try {
       const row = await this.#connection.query<{
         in_recovery: boolean;
@@ -380,24 +466,22 @@ export class PrimaryMonitor {
         system_id: string;
         timeline: number;
         wal_block_size: number;
+        started_at: string;
       }>(PRIMARY_SAMPLE);
       const insertLsn = row === undefined ? undefined : parseLsn(row.insert_lsn);
       if (row === undefined || insertLsn === undefined) {
         throw new Error('the primary sample returned no position');
       }
-      const previous = this.#sample;
-      // A position observed after a commit may be newer than this sample: keep the newest.
-      const sample: PrimarySample = {
+      const sample = nextPrimarySample(this.#sample, {
         at: Date.now(),
+        sentAt,
         inRecovery: row.in_recovery,
-        insertLsn:
-          previous === undefined || insertLsn >= previous.insertLsn
-            ? insertLsn
-            : previous.insertLsn,
+        insertLsn,
         systemId: row.system_id,
         timeline: row.timeline,
+        startedAt: row.started_at,
         walBlockSize: row.wal_block_size,
-      };
+      });
       this.#sample = sample;
       this.#lastError = undefined;
       this.#onSample(sample);

@@ -23,7 +23,12 @@ export type RouteReason =
   /** `sticky-window`: within the window after the session's last write, the primary. */
   | 'sticky_window'
   /** The replica failed the read (connection lost, conflict with recovery): retried on the primary. */
-  | 'replica_error';
+  | 'replica_error'
+  /**
+   * The read's connection reached another server than the one whose position chose the replica
+   * (a restart, or another server behind the same address): the primary.
+   */
+  | 'server_changed';
 
 /** Where a read was served: the primary, or a replica by name. */
 export type RouteTarget = 'primary' | 'replica';

@@ -3,8 +3,8 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 /**
  * A TCP proxy in front of a server, to cut it off the way a network would: `stall()` stops
  * forwarding on open connections (a hung peer), `block()` drops every connection and refuses new
- * ones (a peer that is down), `resume()` puts things back. `retarget()` moves it to another
- * server, as a load balancer in front of the primary does after a failover.
+ * ones (a peer that is down), `resume()` puts things back. `retarget()` sends new connections to
+ * another server, as a DNS name or a load balancer does after a change.
  */
 export class TcpProxy {
   readonly #server: Server;
@@ -60,11 +60,13 @@ export class TcpProxy {
   }
 
   /**
-   * Sends new connections to `targetPort` and drops the open ones: they belong to the old server,
-   * and a client must notice that, not keep talking to it.
+   * Sends new connections to `targetPort`. Open ones are dropped (they belong to the old server,
+   * as after a failover), or with `keepOpen` stay where they are (as behind a DNS name whose
+   * answer changed, where old and new connections reach different servers).
    */
-  retarget(targetPort: number): void {
+  retarget(targetPort: number, options: { keepOpen?: boolean } = {}): void {
     this.#targetPort = targetPort;
+    if (options.keepOpen === true) return;
     for (const [client, server] of this.#pairs) {
       client.destroy();
       server.destroy();
