@@ -54,7 +54,7 @@ export function replicationRoutingDashboard(): DashboardBuilder {
       timeseries({
         title: 'Replica health state',
         description:
-          'The health state each replica is in (healthy, lagging, down, promoted, foreign, starting); one line per replica and state while it holds.',
+          'The health state each node is in (healthy, lagging, down, promoted, foreign, diverged, starting; primary for the writable one of candidate nodes); one line per node and state while it holds.',
         queries: [
           {
             expr: 'max by (replica, state) (replikit_replica_health) == 1',

@@ -37,16 +37,37 @@ import {
   type PrimaryTimeline,
   type TimelineHistory,
 } from './timeline.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, ReplikitError } from '../errors.js';
 
 /** A node to connect to: a connection string, or a `pg` pool configuration. */
 export type NodeConnection = DatabaseConnection;
 
 /** Options for {@link createCluster}. */
-export interface ClusterOptions {
-  readonly primary: NodeConnection;
-  /** Replicas by name. Names appear in metrics and headers: keep them few and stable. */
-  readonly replicas: Readonly<Record<string, NodeConnection>>;
+export type ClusterOptions = ClusterSettings &
+  (
+    | {
+        readonly primary: NodeConnection;
+        /** Replicas by name. Names appear in metrics and headers: keep them few and stable. */
+        readonly replicas: Readonly<Record<string, NodeConnection>>;
+        readonly nodes?: undefined;
+      }
+    | {
+        /**
+         * Candidate nodes by name, instead of `primary` and `replicas`: the cluster sends writes
+         * to the one that is not in recovery and reads to the others. When another node becomes
+         * writable on a later timeline (a replica was promoted), writes and new tokens move to
+         * it; the nodes that follow it serve reads again, and those that cannot (the old
+         * primary until it is rebuilt) stay out of rotation with a health that says why. See
+         * docs/failover.md. `primary` is the role's name in routes and headers, not a node name.
+         */
+        readonly nodes: Readonly<Record<string, NodeConnection>>;
+        readonly primary?: undefined;
+        readonly replicas?: undefined;
+      }
+  );
+
+/** The options of {@link createCluster} besides its nodes. */
+export interface ClusterSettings {
   /** Connections per node pool. Default 10. */
   readonly poolSize?: number;
   /** Consistency of reads that name none. Default read-your-writes. */
@@ -137,6 +158,7 @@ interface Route {
 
 interface ReplicaEntry {
   readonly name: string;
+  readonly connection: NodeConnection;
   readonly pool: pg.Pool;
   readonly monitor: ReplicaMonitor;
   health: ReplicaHealth;
@@ -209,11 +231,28 @@ export function createCluster(options: ClusterOptions): Cluster {
   return new Cluster(options);
 }
 
+/** The role's name in routes, headers and metrics; no node may take it. */
+const PRIMARY = 'primary';
+
+function invalidNodes(message: string): ReplikitError {
+  return new ReplikitError('CONFIG_INVALID', `createCluster: ${message}`);
+}
+
 /** See {@link createCluster}. */
 export class Cluster {
-  readonly primary: pg.Pool;
+  /** The fixed primary's pool; `undefined` with candidate nodes, whose writable one changes. */
+  readonly #fixedPrimary: pg.Pool | undefined;
   readonly #replicas: ReplicaEntry[];
-  readonly #primaryMonitor: PrimaryMonitor;
+  #primaryMonitor: PrimaryMonitor;
+  /** With candidate nodes: the one writes go to, once one is found writable. */
+  #elected: ReplicaEntry | undefined;
+  readonly #monitorOptions: MonitorOptions;
+  /** With candidate nodes: the node the primary monitor samples (at first a guess). */
+  #monitoredNode: ReplicaEntry | undefined;
+  /** The current primary monitor's first sample. */
+  #primaryStarted: Promise<void> = Promise.resolve();
+  /** Monitors of earlier primaries, closing in the background. */
+  readonly #retired = new Set<Promise<void>>();
   /** Positions of the primary over time; replaced when the primary's identity changes. */
   #lag = new LagEstimator();
   #lagOf: PrimarySample | undefined;
@@ -239,31 +278,117 @@ export class Cluster {
       breakerFailures: options.breakerFailures ?? 3,
       breakerHalfOpenAfterMs: options.breakerHalfOpenAfterMs ?? 2000,
     };
-    this.primary = this.#pool(
-      new pg.Pool(poolConfig(options.primary, poolSize, 'primary')),
-      'primary',
-    );
-    this.#primaryMonitor = new PrimaryMonitor(
-      clientConfig(options.primary),
-      monitorOptions,
-      (sample) => this.#onPrimarySample(sample),
-    );
-    this.#replicas = Object.entries(options.replicas).map(([name, connection]) => ({
+    this.#monitorOptions = monitorOptions;
+    if (options.nodes !== undefined && options.primary !== undefined)
+      throw invalidNodes('give either `nodes` or `primary` and `replicas`, not both');
+    const nodes = options.nodes ?? options.replicas;
+    if (options.nodes !== undefined) {
+      if (Object.keys(nodes).length === 0) throw invalidNodes('`nodes` names no node');
+      if (PRIMARY in nodes)
+        throw invalidNodes(
+          'a node may not be named "primary": that names the role in routes and headers; name nodes after their hosts',
+        );
+    }
+    this.#fixedPrimary =
+      options.primary === undefined
+        ? undefined
+        : this.#pool(new pg.Pool(poolConfig(options.primary, poolSize, PRIMARY)), PRIMARY);
+    // With candidate nodes the first one is sampled as the primary until the nodes' own samples
+    // say which is writable (a replica answers the primary's sample with an error, no position).
+    const primaryConnection = options.primary ?? Object.values(nodes)[0]!;
+    this.#primaryMonitor = this.#newPrimaryMonitor(primaryConnection);
+    this.#replicas = Object.entries(nodes).map(([name, connection]) => ({
       name,
       pool: this.#pool(new pg.Pool(poolConfig(connection, poolSize, name)), name),
       monitor: new ReplicaMonitor(name, clientConfig(connection), monitorOptions, {
         onSample: (monitor) => this.#onReplicaSample(monitor),
         hasWaiters: () => this.#waiter.size > 0,
       }),
+      connection,
       health: { state: 'starting' },
     }));
+    if (this.#fixedPrimary === undefined) this.#monitoredNode = this.#replicas[0];
     this.#ready = this.#start();
   }
 
   async #start(): Promise<void> {
-    await this.#primaryMonitor.start();
+    this.#primaryStarted = this.#primaryMonitor.start();
     await Promise.all(this.#replicas.map((replica) => replica.monitor.start()));
+    // An election during the nodes' first samples may have moved the primary monitor.
+    let started: Promise<void> | undefined;
+    while (started !== this.#primaryStarted) {
+      started = this.#primaryStarted;
+      await started;
+    }
     this.#started = true;
+  }
+
+  /**
+   * The primary's pool. With candidate nodes, the pool of the node found writable.
+   *
+   * @throws RoutingError `NO_NODE_AVAILABLE` when no candidate node has been found writable.
+   */
+  get primary(): pg.Pool {
+    const pool = this.#fixedPrimary ?? this.#elected?.pool;
+    if (pool === undefined)
+      throw new RoutingError(
+        'NO_NODE_AVAILABLE',
+        `no writable node among ${this.replicaNames.join(', ')}: every one is in recovery or unreachable`,
+        { details: { nodes: this.replicaNames } },
+      );
+    return pool;
+  }
+
+  #newPrimaryMonitor(connection: NodeConnection): PrimaryMonitor {
+    const monitor: PrimaryMonitor = new PrimaryMonitor(
+      clientConfig(connection),
+      this.#monitorOptions,
+      (sample) => {
+        // A sample that a replaced monitor had in flight describes the old primary.
+        if (this.#primaryMonitor === monitor) this.#onPrimarySample(sample);
+      },
+    );
+    return monitor;
+  }
+
+  /**
+   * With candidate nodes: which node takes the writes, from the nodes' latest samples. The
+   * writable (not in recovery) and reachable node on the latest timeline wins; on a tie the
+   * current one stays. None writable keeps the current one: it may only be restarting, and
+   * writes fail with its connection errors meanwhile, which is what a client should see.
+   */
+  #elect(): void {
+    if (this.#fixedPrimary !== undefined || this.#closed) return;
+    let best: ReplicaEntry | undefined;
+    for (const entry of this.#replicas) {
+      const sample = entry.monitor.sample;
+      if (sample === undefined || sample.inRecovery || entry.monitor.lastError !== undefined)
+        continue;
+      const timeline = sample.timeline ?? 0;
+      const bestTimeline = best?.monitor.sample?.timeline ?? 0;
+      if (
+        best === undefined ||
+        timeline > bestTimeline ||
+        (timeline === bestTimeline && entry === this.#elected)
+      )
+        best = entry;
+    }
+    if (best === undefined || best === this.#elected) return;
+    const from = this.#elected?.name;
+    this.#elected = best;
+    this.#history = undefined;
+    if (best !== this.#monitoredNode) {
+      const old = this.#primaryMonitor;
+      this.#monitoredNode = best;
+      this.#primaryMonitor = this.#newPrimaryMonitor(best.connection);
+      const closing = old.close().catch(() => undefined);
+      this.#retired.add(closing);
+      void closing.finally(() => this.#retired.delete(closing));
+      this.#primaryStarted = this.#primaryMonitor.start();
+    }
+    const fields = { from, to: best.name, timeline: best.monitor.sample?.timeline };
+    if (from === undefined) this.#options.logger?.info?.(fields, 'found the primary');
+    else this.#options.logger?.warn(fields, 'the primary changed');
   }
 
   /** Resolves once every node has been sampled once (whatever the outcome). */
@@ -452,18 +577,24 @@ export class Cluster {
         replica.monitor.sample?.replayLsn === undefined
           ? undefined
           : formatLsn(replica.monitor.sample.replayLsn),
-      lagSeconds: this.#lagMs(replica, now) / 1000,
-      lagBytes: Number(this.#lagBytes(replica)),
+      // The writable one of candidate nodes is the primary: nothing to replay, no lag.
+      lagSeconds: replica === this.#elected ? 0 : this.#lagMs(replica, now) / 1000,
+      lagBytes: replica === this.#elected ? 0 : Number(this.#lagBytes(replica)),
       up: replica.monitor.lastError === undefined && replica.monitor.sample !== undefined,
     }));
   }
 
-  /** The primary's identity and latest sampled position, or `undefined` before the first sample. */
+  /**
+   * The primary's identity and latest sampled position, or `undefined` before the first sample.
+   * `node` is the candidate node found writable, or `primary` for a fixed primary.
+   */
   primaryStatus():
-    { systemId: string; timeline: number; insertLsn: string; up: boolean } | undefined {
+    | { node: string; systemId: string; timeline: number; insertLsn: string; up: boolean }
+    | undefined {
     const sample = this.#primaryMonitor.sample;
     if (sample === undefined) return undefined;
     return {
+      node: this.#elected?.name ?? PRIMARY,
       systemId: sample.systemId,
       timeline: sample.timeline,
       insertLsn: formatLsn(sample.insertLsn),
@@ -504,8 +635,12 @@ export class Cluster {
     this.#closed = true;
     await this.#ready.catch(() => undefined);
     await this.#primaryMonitor.close();
+    await Promise.all([...this.#retired]);
     await Promise.all(this.#replicas.map((replica) => replica.monitor.close()));
-    await Promise.all([this.primary.end(), ...this.#replicas.map((replica) => replica.pool.end())]);
+    await Promise.all([
+      this.#fixedPrimary?.end(),
+      ...this.#replicas.map((replica) => replica.pool.end()),
+    ]);
   }
 
   async #route(
@@ -882,6 +1017,7 @@ export class Cluster {
   #onReplicaSample(monitor: ReplicaMonitor): void {
     const replica = this.#replicas.find((entry) => entry.name === monitor.name);
     if (replica === undefined) return;
+    this.#elect();
     const before = replica.health;
     replica.health = this.#health(replica);
     const health = replica.health;
@@ -944,8 +1080,10 @@ export class Cluster {
     }
     const sample = monitor.sample;
     if (sample === undefined) return { state: 'starting' };
-    if (!sample.inRecovery)
+    if (!sample.inRecovery) {
+      if (replica === this.#elected) return { state: 'primary' };
       return current.state === 'promoted' ? current : { state: 'promoted', since: now };
+    }
     const primary = this.#primaryMonitor.sample;
     if (
       primary !== undefined &&

@@ -112,6 +112,7 @@ export function nextPrimarySample(
  *   half the threshold (hysteresis);
  * - `down`: unreachable, timing out or failing; its circuit breaker is open;
  * - `promoted`: no longer in recovery, so no longer a replica of this primary;
+ * - `primary`: with candidate nodes, the writable node the cluster sends writes to;
  * - `foreign`: a replica of another cluster;
  * - `diverged`: on another timeline than the primary (`timeline`, `primaryTimeline`) and past the
  *   position where the primary's timeline forked off it (`forkLsn`), so it holds WAL the primary
@@ -124,6 +125,7 @@ export type ReplicaHealth =
   | { readonly state: 'lagging'; readonly since: number }
   | { readonly state: 'down'; readonly since: number; readonly error: string }
   | { readonly state: 'promoted'; readonly since: number }
+  | { readonly state: 'primary' }
   | { readonly state: 'foreign'; readonly systemId: string }
   | {
       readonly state: 'diverged';
@@ -153,8 +155,13 @@ const REPLICA_SAMPLE = `select pg_is_in_recovery() as in_recovery,
   coalesce((select status = 'streaming' from pg_stat_wal_receiver), false) as streaming,
   (select system_identifier::text from pg_control_system()) as system_id,
   extract(epoch from pg_postmaster_start_time())::text as started_at,
-  coalesce((select received_tli from pg_stat_wal_receiver),
-    (select timeline_id from pg_control_checkpoint())) as timeline`;
+  case when pg_is_in_recovery()
+    then coalesce((select received_tli from pg_stat_wal_receiver),
+      (select timeline_id from pg_control_checkpoint()))
+    -- Not in recovery (promoted, or a candidate node that is the primary): the timeline it
+    -- writes, which its control file shows only after the first checkpoint on it.
+    else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+  end as timeline`;
 
 // While reads wait, only the replay position matters: the cheapest query that answers it.
 const REPLICA_POLL = 'select pg_last_wal_replay_lsn()::text as replay_lsn';

@@ -103,7 +103,7 @@ export function createRoutingMetrics(
   );
   const health: Gauge<'replica' | 'state'> = new Gauge({
     name: 'replikit_replica_health',
-    help: '1 for the health state each replica is in (healthy, lagging, down, promoted, foreign, diverged, starting)',
+    help: '1 for the health state each replica is in (healthy, lagging, down, promoted, foreign, diverged, starting; primary for the writable one of candidate nodes)',
     labelNames: ['replica', 'state'],
     registers,
     collect: guarded('replikit_replica_health', (c) => {
