@@ -289,6 +289,14 @@ describe('toElleRwRegister', () => {
     expect(JSON.parse(text)).toEqual(ops);
   });
 
+  it('exports a history as long as a 10-minute run (about 270,000 operations)', () => {
+    const h = builder();
+    for (let i = 0; i < 135_000; i++) h.write(i % 4, i % 3, i, 2);
+    const ops = toElleRwRegister(h.history.ops);
+    expect(ops).toHaveLength(270_000);
+    expect(ops.at(-1)).toMatchObject({ type: 'ok', process: 3 });
+  });
+
   it('keeps only the reads at the levels asked for, and every write', () => {
     const h = builder()
       .write(0, 0, 10, 2)

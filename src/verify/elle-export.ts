@@ -50,7 +50,8 @@ export function toElleRwRegister(
     else for (const key of Object.keys(op.value ?? {})) registers.add(Number(key));
   }
   const allReads = [...registers].sort((a, b) => a - b).map((key) => ['r', key, null] as const);
-  let nextProcess = Math.max(-1, ...ops.map((op) => op.process)) + 1;
+  // A loop, not Math.max(...): a long run's history is more arguments than the stack holds.
+  let nextProcess = ops.reduce((max, op) => Math.max(max, op.process), -1) + 1;
   const processOf = new Map<number, number>();
   const out: ElleOp[] = [];
   const micro = (op: ClientOp): ElleOp['value'] => {
