@@ -59,7 +59,7 @@ describe('sagas under orchestrator crashes', () => {
       };
       const startedBy = (worker: Spawned): number => (worker.output().match(/\+/g) ?? []).length;
       const workers: Spawned[] = [spawn(), spawn()];
-      const deadline = Date.now() + 180_000;
+      const deadline = Date.now() + 120_000;
       let finished = false;
       try {
         while (Date.now() < deadline) {
