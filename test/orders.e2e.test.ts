@@ -5,7 +5,7 @@ import { loadConfig } from '../src/app/config.js';
 import { MIGRATIONS } from '../src/app/migrations.js';
 import { ORDER_STEPS, type OrderInput } from '../src/app/orders/order-saga.js';
 import { createOrderChoreography, type OrderChoreography } from '../src/app/orders/choreography.js';
-import type { Order } from '../src/app/orders/routes.js';
+import type { Order, OrdersOptions } from '../src/app/orders/routes.js';
 import { listen, type RunningServer } from '../src/app/server.js';
 import { migrate } from '../src/db/migrate.js';
 import type { SagaDetailsView, SagaView } from '../src/http/sagas.js';
@@ -15,7 +15,7 @@ import { createSagaEngine, type SagaDefinition, type SagaEngine } from '../src/s
 import type { LocalStack } from '../src/stack/index.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { createMetricsRegistry } from '../src/telemetry/metrics.js';
-import { jsonClient, problem } from './support/http.js';
+import { jsonClient, problem, type JsonResponse } from './support/http.js';
 import {
   countBooks,
   createOrderDatabases,
@@ -207,6 +207,77 @@ describe('orders over HTTP', () => {
     expect((await call('GET', '/orders/not-a-uuid')).status).toBe(400);
     expect((await call('GET', '/orders/5d0f6c1e-8a55-4c3b-9d7e-2f6a1b0c9e11')).status).toBe(404);
   });
+
+  it.each([
+    ['a lone surrogate', '\ud800'],
+    ['a NUL character', 'a\u0000b'],
+  ])(
+    '39 orders sent with one whose customerId holds %s: the 39 are placed, the bad one alone is refused',
+    async (_, customerId) => {
+      // The sagas of concurrent orders are written in shared statements. To be sure the bad one
+      // shares one with the others, the saga log is locked while the orders arrive: the first
+      // writes wait for the lock and the rest queue behind them, the bad one last.
+      let good = 0;
+      let badReached = false;
+      let allGood!: () => void;
+      const goodArrived = new Promise<void>((resolve) => {
+        allGood = resolve;
+      });
+      const counting: OrdersOptions['engine'] = {
+        run: async (definition, input, options) => {
+          if ((input as { customerId?: unknown }).customerId === customerId) {
+            await goodArrived;
+            badReached = true;
+          } else if (++good === 39) allGood();
+          return engine.run(definition, input, options);
+        },
+        wait: (id, options) => engine.wait(id, options),
+        get: (id) => engine.get(id),
+      };
+      const server = await listen(
+        createApp({
+          config: loadConfig({}),
+          logger: createLogger({ level: 'silent', service: 'test' }),
+          cluster,
+          registry: createMetricsRegistry(),
+          orders: { engine: counting, saga, orders, waitMs: 2000 },
+        }),
+        { port: 0, host: '127.0.0.1' },
+      );
+      servers.push(server);
+      const lock = await dbs.pools.orders.connect();
+      let badAnswered = false;
+      let responses: JsonResponse[];
+      try {
+        await lock.query('begin');
+        await lock.query('lock table replikit_sagas in share mode');
+        const sent = Array.from({ length: 40 }, (_, i) =>
+          jsonClient(() => server.url)('POST', '/orders', {
+            body: order({
+              customerId: i === 39 ? customerId : `c${(i % 20) + 1}`,
+              items: [{ sku: `sku-${(i % 10) + 1}`, qty: 1 }],
+            }),
+          }).finally(() => {
+            if (i === 39) badAnswered = true;
+          }),
+        );
+        // Every good order waits in the engine, and the bad one too unless it was refused first.
+        await eventually(() => (good === 39 && (badReached || badAnswered) ? true : undefined));
+        await lock.query('commit');
+        responses = await Promise.all(sent);
+      } finally {
+        await lock.query('rollback').catch(() => undefined);
+        lock.release();
+      }
+      const bad = responses[39]!;
+      expect(bad.status).toBeGreaterThanOrEqual(400);
+      expect(
+        responses
+          .slice(0, 39)
+          .map((response) => response.status === 201 || response.status === 202),
+      ).toEqual(Array.from({ length: 39 }, () => true));
+    },
+  );
 
   it('refuses faults unless they are enabled', async () => {
     const response = await fetch(`${noFaultsBase}/orders`, {

@@ -346,11 +346,16 @@ export class SagaEngine {
         });
       }
     }
-    this.#inserts = new GroupCommit((items) =>
-      insertSagas(this.#pool, items, this.owner, this.#leaseMs),
+    // A statement the server refused (a row it cannot store, a constraint) wrote nothing: each
+    // item is then written on its own, so only the saga that caused the error sees it.
+    const isolate = (err: unknown) => err instanceof pg.DatabaseError;
+    this.#inserts = new GroupCommit(
+      (items) => insertSagas(this.#pool, items, this.owner, this.#leaseMs),
+      { isolate },
     );
-    this.#checkpoints = new GroupCommit((items) =>
-      writeCheckpoints(this.#pool, items, this.#leaseMs),
+    this.#checkpoints = new GroupCommit(
+      (items) => writeCheckpoints(this.#pool, items, this.#leaseMs),
+      { isolate },
     );
   }
 
