@@ -3,6 +3,7 @@ import express from 'express';
 import { type CheckReadinessOptions, checkReadiness } from '../db/readiness.js';
 import type { NodePools } from '../db/pools.js';
 import { consistencyMiddleware } from '../http/consistency.js';
+import { jsonBody } from '../http/json-body.js';
 import { createMetricsHandler } from '../http/metrics-handler.js';
 import {
   notFoundHandler,
@@ -69,12 +70,7 @@ export function createApp(options: AppOptions): express.Express {
 
   app.use(requestTelemetry({ logger, registry }));
   app.use(requireJsonBody());
-  app.use(
-    express.json({
-      limit: options.config.REPLIKIT_BODY_LIMIT,
-      type: ['application/json', 'application/*+json'],
-    }),
-  );
+  app.use(jsonBody({ limit: options.config.REPLIKIT_BODY_LIMIT }));
 
   app.get('/healthz', (_req, res) => {
     res.set('Cache-Control', 'no-store').json({ status: 'ok' });

@@ -182,7 +182,7 @@ export const configSchema = z
     REPLIKIT_STACK_DIR: z.string().trim().min(1).default('.replikit'),
     REPLIKIT_STACK_PORT: wholeNumber(1, 65_535).optional(),
     REPLIKIT_PG_BIN: z.string().trim().min(1).optional(),
-    /** Largest JSON request body accepted, as understood by body-parser (`100kb`, `1mb`). */
+    /** Largest JSON request body accepted (`100kb`, `1mb`; 1 kb = 1024 bytes), refused unread when larger. */
     REPLIKIT_BODY_LIMIT: z
       .string()
       .trim()

@@ -2,6 +2,7 @@ import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 import { ReplikitError } from '../errors.js';
+import { expectContinue } from '../http/json-body.js';
 
 /** Where to listen. */
 export interface ListenOptions {
@@ -76,6 +77,9 @@ function localUrl(host: string, port: number): string {
  */
 export function listen(handler: RequestListener, options: ListenOptions): Promise<RunningServer> {
   const server = createServer(handler);
+  // `Expect: 100-continue` is answered by the app once it has checked the headers, so that a body
+  // it refuses (too large, say) is never sent.
+  server.on('checkContinue', expectContinue(handler));
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
       server.off('listening', onListening);

@@ -9,6 +9,7 @@ export {
   consistencyMiddleware,
   type ConsistencyMiddlewareOptions,
 } from './consistency.js';
+export { expectContinue, jsonBody, type JsonBodyOptions } from './json-body.js';
 export { createMetricsHandler } from './metrics-handler.js';
 export {
   ERROR_STATUS,

@@ -42,6 +42,9 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TOKEN_AHEAD: 400,
   NOT_FOUND: 404,
   SAGA_NOT_FOUND: 404,
+  // Refused from its Content-Length, or as soon as a chunked body passed the limit; the
+  // connection is closed rather than read to the end.
+  BODY_TOO_LARGE: 413,
   SAGA_INVALID_INPUT: 400,
   EVENTSTORE_INVALID_EVENT: 400,
   // The request clashes with the current state (a unique email already taken, a stale version).
