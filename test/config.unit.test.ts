@@ -37,6 +37,8 @@ describe('loadConfig', () => {
       REPLIKIT_SAGA_LEASE_MS: 15_000,
       REPLIKIT_STACK_DIR: '.replikit',
       REPLIKIT_BODY_LIMIT: '100kb',
+      REPLIKIT_HEADERS_TIMEOUT_MS: 10_000,
+      REPLIKIT_REQUEST_TIMEOUT_MS: 30_000,
       REPLIKIT_SHUTDOWN_TIMEOUT_MS: 10_000,
       REPLIKIT_READ_WAIT_TIMEOUT_MS: 1_000,
       REPLIKIT_READ_WAIT_FALLBACK: 'primary',
@@ -86,6 +88,9 @@ describe('loadConfig', () => {
     ['REPLIKIT_STACK_PORT', '0'],
     ['REPLIKIT_BODY_LIMIT', 'lots'],
     ['REPLIKIT_SHUTDOWN_TIMEOUT_MS', '0'],
+    // Longer than the whole request's default timeout, which includes the headers.
+    ['REPLIKIT_HEADERS_TIMEOUT_MS', '40000'],
+    ['REPLIKIT_REQUEST_TIMEOUT_MS', '50'],
     ['REPLIKIT_READ_WAIT_TIMEOUT_MS', '-5'],
     ['REPLIKIT_READ_WAIT_TIMEOUT_MS', '90000'],
     ['REPLIKIT_READ_WAIT_FALLBACK', 'replica'],

@@ -1,3 +1,5 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { createApp } from '../src/app/app.js';
@@ -14,6 +16,8 @@ import { createTestDatabase, type TestDatabase } from './support/stack.js';
 let db: TestDatabase;
 let cluster: Cluster;
 let running: RunningServer;
+/** The same app with short timeouts for slow clients. */
+let impatient: RunningServer;
 
 beforeAll(async () => {
   db = await createTestDatabase('http_edge');
@@ -27,9 +31,16 @@ beforeAll(async () => {
     registry: createMetricsRegistry(),
   });
   running = await listen(app, { port: 0, host: '127.0.0.1' });
+  impatient = await listen(app, {
+    port: 0,
+    host: '127.0.0.1',
+    headersTimeoutMs: 300,
+    requestTimeoutMs: 600,
+  });
 });
 
 afterAll(async () => {
+  await impatient?.close();
   await running?.close();
   await cluster?.close();
   await db?.drop();
@@ -44,8 +55,7 @@ describe('a body over the limit', () => {
   it.each([999_999_999, 200_000])(
     'declared as %i bytes is refused at the header, before any of it is sent, and the connection closed',
     async (length) => {
-      const connection = await RawConnection.open(running.port);
-      try {
+      await RawConnection.with(running.port, async (connection) => {
         await connection.write(
           requestHead('POST', '/users', {
             'Content-Type': 'application/json',
@@ -62,16 +72,13 @@ describe('a body over the limit', () => {
           detail: expect.stringMatching(/larger than the 1024 bytes/) as unknown,
         });
         await connection.closedWithin();
-      } finally {
-        connection.destroy();
-      }
+      });
     },
   );
 
   it('sent in chunks is refused once it passes the limit, not read to its end', async () => {
-    const connection = await RawConnection.open(running.port);
     const most = 8 * 1024 * 1024;
-    try {
+    await RawConnection.with(running.port, async (connection) => {
       await connection.write(
         requestHead('POST', '/users', {
           'Content-Type': 'application/json',
@@ -86,14 +93,11 @@ describe('a body over the limit', () => {
       expect(problemOf(response)).toMatchObject({ code: 'BODY_TOO_LARGE' });
       expect(connection.written).toBeLessThan(most);
       await connection.closedWithin();
-    } finally {
-      connection.destroy();
-    }
+    });
   });
 
   it('announced with Expect: 100-continue is refused without inviting the body', async () => {
-    const connection = await RawConnection.open(running.port);
-    try {
+    await RawConnection.with(running.port, async (connection) => {
       await connection.write(
         requestHead('POST', '/users', {
           'Content-Type': 'application/json',
@@ -105,15 +109,12 @@ describe('a body over the limit', () => {
       expect(response.status).toBe(413);
       expect(problemOf(response)).toMatchObject({ code: 'BODY_TOO_LARGE' });
       await connection.closedWithin();
-    } finally {
-      connection.destroy();
-    }
+    });
   });
 
   it('a body within the limit announced with Expect: 100-continue is invited, then answered', async () => {
-    const connection = await RawConnection.open(running.port);
     const body = JSON.stringify({ name: 'Ada', email: `ada-${Date.now()}@example.com` });
-    try {
+    await RawConnection.with(running.port, async (connection) => {
       await connection.write(
         requestHead('POST', '/users', {
           'Content-Type': 'application/json',
@@ -126,8 +127,71 @@ describe('a body over the limit', () => {
       const response = await connection.response();
       expect(response.status).toBe(201);
       expect(JSON.parse(response.body)).toMatchObject({ name: 'Ada' });
-    } finally {
-      connection.destroy();
-    }
+    });
+  });
+});
+
+/** Sends `bytes` one at a time, 50 ms apart, until the server answers or closes (or they run out). */
+async function trickle(connection: RawConnection, bytes: string): Promise<void> {
+  for (const byte of bytes) {
+    if (connection.hasResponse) return;
+    await connection.write(byte);
+    await Promise.race([sleep(50), connection.closed]);
+  }
+}
+
+describe('a slow client', () => {
+  it('that never finishes its headers is answered 408 problem+json and cut off', async () => {
+    await RawConnection.with(impatient.port, async (connection) => {
+      await connection.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+      await trickle(connection, `X-Slow: ${'z'.repeat(200)}`);
+      const response = await connection.response();
+      expect(response.status).toBe(408);
+      expect(response.headers['connection']).toBe('close');
+      expect(problemOf(response)).toMatchObject({
+        type: 'urn:replikit:problem:REQUEST_TIMEOUT',
+        status: 408,
+        code: 'REQUEST_TIMEOUT',
+      });
+      await connection.closedWithin();
+    });
+  });
+
+  it('that trickles its body is answered 408 problem+json and cut off', async () => {
+    const body = JSON.stringify({ name: `Slow ${'w'.repeat(150)}`, email: 'slow@example.com' });
+    await RawConnection.with(impatient.port, async (connection) => {
+      await connection.write(
+        requestHead('POST', '/users', {
+          'Content-Type': 'application/json',
+          'Content-Length': String(Buffer.byteLength(body)),
+        }),
+      );
+      await trickle(connection, body);
+      const response = await connection.response();
+      expect(response.status).toBe(408);
+      expect(problemOf(response)).toMatchObject({ code: 'REQUEST_TIMEOUT' });
+      await connection.closedWithin();
+    });
+  });
+});
+
+describe('a request that is not HTTP', () => {
+  it('is answered 400 problem+json', async () => {
+    await RawConnection.with(running.port, async (connection) => {
+      await connection.write('HELLO THERE\r\n\r\n');
+      const response = await connection.response();
+      expect(response.status).toBe(400);
+      expect(problemOf(response)).toMatchObject({ status: 400, code: 'REQUEST_MALFORMED' });
+      await connection.closedWithin();
+    });
+  });
+
+  it('with headers over 16 KiB is answered 431 problem+json', async () => {
+    await RawConnection.with(running.port, async (connection) => {
+      await connection.write(requestHead('GET', '/healthz', { 'X-Big': 'b'.repeat(20_000) }));
+      const response = await connection.response();
+      expect(response.status).toBe(431);
+      expect(problemOf(response)).toMatchObject({ status: 431, code: 'HEADERS_TOO_LARGE' });
+    });
   });
 });

@@ -188,6 +188,10 @@ export const configSchema = z
       .trim()
       .regex(/^\d+(b|kb|mb)$/i, 'must be a size such as 100kb or 1mb')
       .default('100kb'),
+    /** A client must send a request's headers within this, or be answered 408 and cut off. */
+    REPLIKIT_HEADERS_TIMEOUT_MS: wholeNumber(100, 600_000).default(10_000),
+    /** A client must send a whole request, headers and body, within this (at least the headers' timeout). */
+    REPLIKIT_REQUEST_TIMEOUT_MS: wholeNumber(100, 3_600_000).default(30_000),
     /** Upper bound on a graceful shutdown, after which the process exits anyway. */
     REPLIKIT_SHUTDOWN_TIMEOUT_MS: wholeNumber(1, 3_600_000).default(10_000),
     /** How long a read waits for a replica to replay the caller's token. */
@@ -214,6 +218,15 @@ export const configSchema = z
         ],
         message:
           'set both REPLIKIT_PRIMARY_URL and REPLIKIT_REPLICA_URLS to use existing servers, or neither to start the local stack',
+      });
+    }
+  })
+  .superRefine((config, ctx) => {
+    if (config.REPLIKIT_HEADERS_TIMEOUT_MS > config.REPLIKIT_REQUEST_TIMEOUT_MS) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['REPLIKIT_HEADERS_TIMEOUT_MS'],
+        message: `must not exceed REPLIKIT_REQUEST_TIMEOUT_MS (${config.REPLIKIT_REQUEST_TIMEOUT_MS}): the headers are part of the request`,
       });
     }
   })

@@ -482,7 +482,12 @@ class Service {
       },
       sagaEngines: [engine, transferEngine],
     });
-    const server = await listen(app, { port: config.PORT, host: config.HOST });
+    const server = await listen(app, {
+      port: config.PORT,
+      host: config.HOST,
+      headersTimeoutMs: config.REPLIKIT_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: config.REPLIKIT_REQUEST_TIMEOUT_MS,
+    });
     this.#cleanups.push({
       what: 'HTTP server',
       run: () => server.close({ graceMs: Math.floor(config.REPLIKIT_SHUTDOWN_TIMEOUT_MS / 2) }),

@@ -9,6 +9,7 @@ export {
   consistencyMiddleware,
   type ConsistencyMiddlewareOptions,
 } from './consistency.js';
+export { createHttpServer, type HttpServerOptions } from './http-server.js';
 export { expectContinue, jsonBody, type JsonBodyOptions } from './json-body.js';
 export { createMetricsHandler } from './metrics-handler.js';
 export {

@@ -42,6 +42,11 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TOKEN_AHEAD: 400,
   NOT_FOUND: 404,
   SAGA_NOT_FOUND: 404,
+  // Not HTTP/1.1 at all, as Node's parser found (answered on the raw connection, then closed).
+  REQUEST_MALFORMED: 400,
+  // Headers or body did not arrive within the server's timeouts (a slow or stalled client).
+  REQUEST_TIMEOUT: 408,
+  HEADERS_TOO_LARGE: 431,
   // Refused from its Content-Length, or as soon as a chunked body passed the limit; the
   // connection is closed rather than read to the end.
   BODY_TOO_LARGE: 413,

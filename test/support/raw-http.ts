@@ -122,6 +122,16 @@ export class RawConnection {
     this.#socket.destroy();
   }
 
+  /** Runs `fn` on a new connection to `port`, closed afterwards whatever happens. */
+  static async with<T>(port: number, fn: (connection: RawConnection) => Promise<T>): Promise<T> {
+    const connection = await RawConnection.open(port);
+    try {
+      return await fn(connection);
+    } finally {
+      connection.destroy();
+    }
+  }
+
   #parse(consume: boolean): RawResponse | undefined {
     const end = this.#buffer.indexOf('\r\n\r\n');
     if (end === -1) return undefined;
