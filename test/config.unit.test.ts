@@ -42,6 +42,8 @@ describe('loadConfig', () => {
       REPLIKIT_SHUTDOWN_TIMEOUT_MS: 10_000,
       REPLIKIT_READ_WAIT_TIMEOUT_MS: 1_000,
       REPLIKIT_READ_WAIT_FALLBACK: 'primary',
+      REPLIKIT_REQUEST_BUDGET_MS: 10_000,
+      REPLIKIT_MAX_WAITING_READS: 1_000,
       REPLIKIT_MAX_LAG_MS: 30_000,
       OTEL_SERVICE_NAME: 'replikit',
     });
@@ -94,6 +96,8 @@ describe('loadConfig', () => {
     ['REPLIKIT_READ_WAIT_TIMEOUT_MS', '-5'],
     ['REPLIKIT_READ_WAIT_TIMEOUT_MS', '90000'],
     ['REPLIKIT_READ_WAIT_FALLBACK', 'replica'],
+    ['REPLIKIT_REQUEST_BUDGET_MS', '0'],
+    ['REPLIKIT_MAX_WAITING_READS', '0'],
     ['REPLIKIT_MAX_LAG_MS', 'soon'],
     ['OTEL_EXPORTER_OTLP_ENDPOINT', 'grpc://collector:4317'],
     ['OTEL_EXPORTER_OTLP_ENDPOINT', 'not a url'],

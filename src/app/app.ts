@@ -10,6 +10,7 @@ import {
   problemDetailsMiddleware,
   requireJsonBody,
 } from '../http/problem-details.js';
+import { requestBudget } from '../http/request-budget.js';
 import { requestTelemetry } from '../http/request-telemetry.js';
 import { sagaAdminRouter } from '../http/sagas.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -25,7 +26,7 @@ import { usersRouter } from './users.js';
 /** What {@link createApp} needs. */
 export interface AppOptions {
   /** Only the settings the app itself reads. */
-  readonly config: Pick<Config, 'REPLIKIT_BODY_LIMIT'>;
+  readonly config: Pick<Config, 'REPLIKIT_BODY_LIMIT' | 'REPLIKIT_REQUEST_BUDGET_MS'>;
   readonly logger: Logger;
   /** The routed cluster the demo resources read and write through. */
   readonly cluster: Cluster;
@@ -93,6 +94,7 @@ export function createApp(options: AppOptions): express.Express {
   // Everything below is a consistency session: X-Consistency and X-Consistency-Token in, the
   // merged token and X-Served-By out.
   app.use(consistencyMiddleware());
+  app.use(requestBudget({ budgetMs: options.config.REPLIKIT_REQUEST_BUDGET_MS }));
   app.use(usersRouter(cluster));
   if (options.profiles !== undefined) app.use(profilesRouter(options.profiles));
   if (options.transfers !== undefined) app.use(transfersRouter({ ...options.transfers, logger }));

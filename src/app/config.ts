@@ -198,6 +198,13 @@ export const configSchema = z
     REPLIKIT_READ_WAIT_TIMEOUT_MS: wholeNumber(0, 60_000).default(1_000),
     /** After that wait: read from the primary, or answer 503 with the expected wait. */
     REPLIKIT_READ_WAIT_FALLBACK: z.enum(['primary', 'error']).default('primary'),
+    /**
+     * How long a read request (GET, HEAD) may wait in all, for replicas and projections, before it
+     * is answered 503 DEADLINE_EXCEEDED. Writes are never cut short.
+     */
+    REPLIKIT_REQUEST_BUDGET_MS: wholeNumber(1, 600_000).default(10_000),
+    /** How many reads may wait (for a replica or a projection) at once; more are answered 503 at once. */
+    REPLIKIT_MAX_WAITING_READS: wholeNumber(1, 1_000_000).default(1_000),
     /** Replicas lagging more than this leave eventual and bounded-staleness rotation. */
     REPLIKIT_MAX_LAG_MS: wholeNumber(1, 86_400_000).default(30_000),
     OTEL_SERVICE_NAME: z.string().trim().min(1).default('replikit'),
