@@ -43,11 +43,16 @@ async function closedPortUrl(): Promise<string> {
   return `postgres://postgres@127.0.0.1:${port}/postgres`;
 }
 
-async function expectProblem(response: Response, status: number, instance: string) {
+async function expectProblem(response: Response, status: number, instance: string, code?: string) {
   expect(response.status).toBe(status);
   expect(response.headers.get('content-type')).toBe('application/problem+json; charset=utf-8');
   const body = (await response.json()) as Record<string, unknown>;
-  expect(body).toMatchObject({ type: 'about:blank', status, instance });
+  expect(body).toMatchObject({
+    type: code === undefined ? 'about:blank' : `urn:replikit:problem:${code}`,
+    status,
+    instance,
+    ...(code === undefined ? {} : { code }),
+  });
   expect(typeof body['title']).toBe('string');
   expect(typeof body['detail']).toBe('string');
   return body;
@@ -159,7 +164,7 @@ describe('the service over HTTP', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ pad: 'x'.repeat(2048) }),
     });
-    const body = await expectProblem(response, 413, '/anything');
+    const body = await expectProblem(response, 413, '/anything', 'BODY_TOO_LARGE');
     expect(body['detail']).toMatch(/1024 bytes/);
   });
 

@@ -73,6 +73,18 @@ describe('toProblemDetails', () => {
     expect(reused.log).toBe(false);
   });
 
+  it('tells a client when to try a 503 again: the expected wait when known, else 1 s', () => {
+    const busy = toProblemDetails(new ReplikitError('REPLICA_WAIT_BUSY', 'busy'));
+    expect(busy.retryAfterSeconds).toBe(1);
+    const late = toProblemDetails(
+      new ReplikitError('REPLICA_WAIT_TIMEOUT', 'late', { details: { expectedWaitMs: 2300 } }),
+    );
+    expect(late.retryAfterSeconds).toBe(3);
+    expect(
+      toProblemDetails(new ReplikitError('NOT_FOUND', 'no')).retryAfterSeconds,
+    ).toBeUndefined();
+  });
+
   it('lets an application map its own codes', () => {
     const err = new ReplikitError('TEAPOT', 'short and stout');
     const { problem } = toProblemDetails(err, { statusByCode: { TEAPOT: 418 } });

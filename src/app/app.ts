@@ -3,12 +3,14 @@ import express from 'express';
 import { type CheckReadinessOptions, checkReadiness } from '../db/readiness.js';
 import type { NodePools } from '../db/pools.js';
 import { consistencyMiddleware } from '../http/consistency.js';
+import { jsonBody } from '../http/json-body.js';
 import { createMetricsHandler } from '../http/metrics-handler.js';
 import {
   notFoundHandler,
   problemDetailsMiddleware,
   requireJsonBody,
 } from '../http/problem-details.js';
+import { requestBudget } from '../http/request-budget.js';
 import { requestTelemetry } from '../http/request-telemetry.js';
 import { sagaAdminRouter } from '../http/sagas.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -24,7 +26,7 @@ import { usersRouter } from './users.js';
 /** What {@link createApp} needs. */
 export interface AppOptions {
   /** Only the settings the app itself reads. */
-  readonly config: Pick<Config, 'REPLIKIT_BODY_LIMIT'>;
+  readonly config: Pick<Config, 'REPLIKIT_BODY_LIMIT' | 'REPLIKIT_REQUEST_BUDGET_MS'>;
   readonly logger: Logger;
   /** The routed cluster the demo resources read and write through. */
   readonly cluster: Cluster;
@@ -69,12 +71,7 @@ export function createApp(options: AppOptions): express.Express {
 
   app.use(requestTelemetry({ logger, registry }));
   app.use(requireJsonBody());
-  app.use(
-    express.json({
-      limit: options.config.REPLIKIT_BODY_LIMIT,
-      type: ['application/json', 'application/*+json'],
-    }),
-  );
+  app.use(jsonBody({ limit: options.config.REPLIKIT_BODY_LIMIT }));
 
   app.get('/healthz', (_req, res) => {
     res.set('Cache-Control', 'no-store').json({ status: 'ok' });
@@ -97,6 +94,7 @@ export function createApp(options: AppOptions): express.Express {
   // Everything below is a consistency session: X-Consistency and X-Consistency-Token in, the
   // merged token and X-Served-By out.
   app.use(consistencyMiddleware());
+  app.use(requestBudget({ budgetMs: options.config.REPLIKIT_REQUEST_BUDGET_MS }));
   app.use(usersRouter(cluster));
   if (options.profiles !== undefined) app.use(profilesRouter(options.profiles));
   if (options.transfers !== undefined) app.use(transfersRouter({ ...options.transfers, logger }));

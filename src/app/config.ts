@@ -182,18 +182,29 @@ export const configSchema = z
     REPLIKIT_STACK_DIR: z.string().trim().min(1).default('.replikit'),
     REPLIKIT_STACK_PORT: wholeNumber(1, 65_535).optional(),
     REPLIKIT_PG_BIN: z.string().trim().min(1).optional(),
-    /** Largest JSON request body accepted, as understood by body-parser (`100kb`, `1mb`). */
+    /** Largest JSON request body accepted (`100kb`, `1mb`; 1 kb = 1024 bytes), refused unread when larger. */
     REPLIKIT_BODY_LIMIT: z
       .string()
       .trim()
       .regex(/^\d+(b|kb|mb)$/i, 'must be a size such as 100kb or 1mb')
       .default('100kb'),
+    /** A client must send a request's headers within this, or be answered 408 and cut off. */
+    REPLIKIT_HEADERS_TIMEOUT_MS: wholeNumber(100, 600_000).default(10_000),
+    /** A client must send a whole request, headers and body, within this (at least the headers' timeout). */
+    REPLIKIT_REQUEST_TIMEOUT_MS: wholeNumber(100, 3_600_000).default(30_000),
     /** Upper bound on a graceful shutdown, after which the process exits anyway. */
     REPLIKIT_SHUTDOWN_TIMEOUT_MS: wholeNumber(1, 3_600_000).default(10_000),
     /** How long a read waits for a replica to replay the caller's token. */
     REPLIKIT_READ_WAIT_TIMEOUT_MS: wholeNumber(0, 60_000).default(1_000),
     /** After that wait: read from the primary, or answer 503 with the expected wait. */
     REPLIKIT_READ_WAIT_FALLBACK: z.enum(['primary', 'error']).default('primary'),
+    /**
+     * How long a read request (GET, HEAD) may wait in all, for replicas and projections, before it
+     * is answered 503 DEADLINE_EXCEEDED. Writes are never cut short.
+     */
+    REPLIKIT_REQUEST_BUDGET_MS: wholeNumber(1, 600_000).default(10_000),
+    /** How many reads may wait (for a replica or a projection) at once; more are answered 503 at once. */
+    REPLIKIT_MAX_WAITING_READS: wholeNumber(1, 1_000_000).default(1_000),
     /** Replicas lagging more than this leave eventual and bounded-staleness rotation. */
     REPLIKIT_MAX_LAG_MS: wholeNumber(1, 86_400_000).default(30_000),
     OTEL_SERVICE_NAME: z.string().trim().min(1).default('replikit'),
@@ -214,6 +225,15 @@ export const configSchema = z
         ],
         message:
           'set both REPLIKIT_PRIMARY_URL and REPLIKIT_REPLICA_URLS to use existing servers, or neither to start the local stack',
+      });
+    }
+  })
+  .superRefine((config, ctx) => {
+    if (config.REPLIKIT_HEADERS_TIMEOUT_MS > config.REPLIKIT_REQUEST_TIMEOUT_MS) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['REPLIKIT_HEADERS_TIMEOUT_MS'],
+        message: `must not exceed REPLIKIT_REQUEST_TIMEOUT_MS (${config.REPLIKIT_REQUEST_TIMEOUT_MS}): the headers are part of the request`,
       });
     }
   })

@@ -1,4 +1,5 @@
 import type { Request } from 'express';
+import type { BulkheadPolicy } from 'cockatiel';
 import { Router } from 'express';
 import { z } from 'zod';
 
@@ -119,6 +120,8 @@ export interface ProfilesOptions {
   readonly cluster: Cluster;
   /** How long a read waits for the projection to reach the caller's writes. Default 2000 ms. */
   readonly waitTimeoutMs?: number;
+  /** Bounds how many reads wait for the projection at once; see `ReadModelOptions.waitBulkhead`. */
+  readonly waitBulkhead?: BulkheadPolicy;
 }
 
 const name = z
@@ -192,6 +195,7 @@ export function profilesRouter(options: ProfilesOptions): Router {
     projection: PROFILES_PROJECTION.name,
     waitTimeoutMs: options.waitTimeoutMs ?? 2000,
     onTimeout: 'stale',
+    ...(options.waitBulkhead === undefined ? {} : { waitBulkhead: options.waitBulkhead }),
   });
   const router = Router();
 

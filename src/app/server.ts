@@ -1,10 +1,11 @@
-import { createServer, type RequestListener, type Server } from 'node:http';
+import type { RequestListener, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 import { ReplikitError } from '../errors.js';
+import { createHttpServer, type HttpServerOptions } from '../http/http-server.js';
 
-/** Where to listen. */
-export interface ListenOptions {
+/** Where to listen, and how long a client may take to send a request. */
+export interface ListenOptions extends HttpServerOptions {
   /** 0 lets the system choose a free port; {@link RunningServer.port} tells which. */
   readonly port: number;
   readonly host: string;
@@ -75,7 +76,7 @@ function localUrl(host: string, port: number): string {
  *   other reason; the message is one line that says what to change.
  */
 export function listen(handler: RequestListener, options: ListenOptions): Promise<RunningServer> {
-  const server = createServer(handler);
+  const server = createHttpServer(handler, options);
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
       server.off('listening', onListening);

@@ -20,6 +20,8 @@
  *
  * @packageDocumentation
  */
+import { bulkhead } from 'cockatiel';
+
 import { type Config, ConfigError, loadConfig, redactUrl } from './config.js';
 import { createApp } from './app.js';
 import { ledgerMigrations, MIGRATIONS } from './migrations.js';
@@ -256,6 +258,9 @@ class Service {
 
     const registry = createMetricsRegistry();
     const routingMetrics = createRoutingMetrics(registry, { logger });
+    // One bound for every read of the service that waits, whatever it waits for (a replica of
+    // any database, the profiles projection): beyond it reads are refused 503, not queued.
+    const waitingReads = bulkhead(config.REPLIKIT_MAX_WAITING_READS);
     const clusterFor = (nodes: NodeUrls, database?: string): Cluster =>
       createCluster({
         primary: nodes.primary,
@@ -270,6 +275,7 @@ class Service {
         observer: routingMetrics.observer,
         waitTimeoutMs: config.REPLIKIT_READ_WAIT_TIMEOUT_MS,
         onWaitTimeout: config.REPLIKIT_READ_WAIT_FALLBACK,
+        waitBulkhead: waitingReads,
         maxLagMs: config.REPLIKIT_MAX_LAG_MS,
       });
     const cluster = clusterFor(urls);
@@ -471,7 +477,7 @@ class Service {
         ledgers,
         saga: { engine: transferEngine, definition: transferSaga },
       },
-      profiles: { store, cluster },
+      profiles: { store, cluster, waitBulkhead: waitingReads },
       orders: {
         engine,
         saga: orderSaga,
@@ -482,7 +488,12 @@ class Service {
       },
       sagaEngines: [engine, transferEngine],
     });
-    const server = await listen(app, { port: config.PORT, host: config.HOST });
+    const server = await listen(app, {
+      port: config.PORT,
+      host: config.HOST,
+      headersTimeoutMs: config.REPLIKIT_HEADERS_TIMEOUT_MS,
+      requestTimeoutMs: config.REPLIKIT_REQUEST_TIMEOUT_MS,
+    });
     this.#cleanups.push({
       what: 'HTTP server',
       run: () => server.close({ graceMs: Math.floor(config.REPLIKIT_SHUTDOWN_TIMEOUT_MS / 2) }),

@@ -19,6 +19,8 @@ export type EventStoreErrorCode =
   | 'EVENTSTORE_UPCASTER_INVALID'
   /** A projection did not reach the required position within the wait bound. */
   | 'PROJECTION_WAIT_TIMEOUT'
+  /** As many reads as the read model's `waitBulkhead` allows already wait: refused at once. */
+  | 'PROJECTION_WAIT_BUSY'
   /** A projection name is unknown, or a version is in a state the operation cannot use. */
   | 'PROJECTION_STATE'
   /** The store or the runner has been closed. */

@@ -1,4 +1,5 @@
 import { trace, type Tracer } from '@opentelemetry/api';
+import type { BulkheadPolicy } from 'cockatiel';
 import type pg from 'pg';
 
 import type { Cluster, ReadResult } from '../routing/cluster.js';
@@ -6,6 +7,7 @@ import type { Consistency } from '../routing/consistency.js';
 import { mergeTokens, type ConsistencyToken } from '../routing/consistency-token.js';
 import { normalizeInsertLsn, parseLsn } from '../routing/lsn.js';
 import { currentSession, recordToken } from '../routing/session.js';
+import { waitInSlot } from '../routing/wait-slots.js';
 import { EventStoreError } from './event-store-error.js';
 import type { EventStore } from './event-store.js';
 import { formatPosition, type GlobalPosition } from './position.js';
@@ -25,6 +27,12 @@ export interface ReadModelOptions {
    * `stale: true` (the default), or throw `PROJECTION_WAIT_TIMEOUT`.
    */
   readonly onTimeout?: 'stale' | 'error';
+  /**
+   * Bounds how many queries may wait for the projection at once (cockatiel's `bulkhead(n)`): one
+   * that would wait beyond it is refused at once with `PROJECTION_WAIT_BUSY`. The cluster's
+   * `waitBulkhead` may be the same one. Default: unbounded.
+   */
+  readonly waitBulkhead?: BulkheadPolicy;
   readonly tracer?: Tracer;
 }
 
@@ -99,9 +107,11 @@ export class ReadModel {
     options: ReadModelQueryOptions = {},
   ): Promise<ReadModelResult<R>> {
     const { cluster, store, projection } = this.#options;
+    // The session's signal (a request's budget, its client gone) ends the wait, as in the cluster.
+    const signal = options.signal ?? currentSession()?.signal;
     const routing = {
       ...(options.token === undefined ? {} : { token: options.token }),
-      ...(options.signal === undefined ? {} : { signal: options.signal }),
+      ...(signal === undefined ? {} : { signal }),
     };
     if (options.after === undefined) {
       const result = await cluster.read<R>(sql, params, {
@@ -124,10 +134,20 @@ export class ReadModel {
       },
       async (span) => {
         try {
-          const result = await store.waitForProjection(projection, target, {
-            timeoutMs,
-            ...(options.signal === undefined ? {} : { signal: options.signal }),
-          });
+          const result = await waitInSlot(
+            this.#options.waitBulkhead,
+            () =>
+              store.waitForProjection(projection, target, {
+                timeoutMs,
+                ...(signal === undefined ? {} : { signal }),
+              }),
+            (cause) =>
+              new EventStoreError(
+                'PROJECTION_WAIT_BUSY',
+                `too many reads are already waiting for projection ${projection}; try again shortly`,
+                { cause },
+              ),
+          );
           span.setAttribute('replikit.wait.outcome', result.reached ? 'reached' : 'timeout');
           return result;
         } finally {

@@ -9,7 +9,10 @@ export {
   consistencyMiddleware,
   type ConsistencyMiddlewareOptions,
 } from './consistency.js';
+export { createHttpServer, type HttpServerOptions } from './http-server.js';
+export { expectContinue, jsonBody, type JsonBodyOptions } from './json-body.js';
 export { createMetricsHandler } from './metrics-handler.js';
+export { requestBudget, type RequestBudgetOptions } from './request-budget.js';
 export {
   ERROR_STATUS,
   notFoundHandler,

@@ -42,6 +42,16 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TOKEN_AHEAD: 400,
   NOT_FOUND: 404,
   SAGA_NOT_FOUND: 404,
+  // Not HTTP/1.1 at all, as Node's parser found (answered on the raw connection, then closed).
+  REQUEST_MALFORMED: 400,
+  // Headers or body did not arrive within the server's timeouts (a slow or stalled client).
+  REQUEST_TIMEOUT: 408,
+  HEADERS_TOO_LARGE: 431,
+  // The client went away before its request was answered (nobody reads this answer).
+  REQUEST_ABORTED: 400,
+  // Refused from its Content-Length, or as soon as a chunked body passed the limit; the
+  // connection is closed rather than read to the end.
+  BODY_TOO_LARGE: 413,
   SAGA_INVALID_INPUT: 400,
   EVENTSTORE_INVALID_EVENT: 400,
   // The request clashes with the current state (a unique email already taken, a stale version).
@@ -72,6 +82,11 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TWOPC_PREPARE_TIMEOUT: 503,
   TWOPC_CLOSED: 503,
   TRANSFERS_BUSY: 503,
+  // Too many reads already wait for a replica or a projection: refused at once, not queued.
+  REPLICA_WAIT_BUSY: 503,
+  PROJECTION_WAIT_BUSY: 503,
+  // A read request's time budget ran out while it waited for a replica or a projection.
+  DEADLINE_EXCEEDED: 503,
   SAGA_CLOSED: 503,
   // The projection did not reach the caller's write in time; reading again later will.
   PROJECTION_WAIT_TIMEOUT: 503,
@@ -100,6 +115,18 @@ export interface ProblemResult {
   readonly problem: ProblemDetails;
   /** True for server errors (5xx): the client learns little, so the log must tell everything. */
   readonly log: boolean;
+  /**
+   * For a 503: seconds the client should wait before trying again, sent as `Retry-After`. The
+   * error's `details.retryAfterMs` or `details.expectedWaitMs` when it has one, else 1.
+   */
+  readonly retryAfterSeconds?: number;
+}
+
+function retryAfterSeconds(details: Readonly<Record<string, unknown>>): number {
+  const ms = [details['retryAfterMs'], details['expectedWaitMs']].find(
+    (value): value is number => typeof value === 'number' && Number.isFinite(value),
+  );
+  return Math.max(1, Math.ceil((ms ?? 1000) / 1000));
 }
 
 /** Options for {@link toProblemDetails}. */
@@ -203,7 +230,11 @@ export function toProblemDetails(error: unknown, options: ToProblemOptions = {})
       code: error.code,
       ...(clientError && Object.keys(error.details).length > 0 ? { details: error.details } : {}),
     };
-    return { problem: withTrace(problem), log: !clientError };
+    return {
+      problem: withTrace(problem),
+      log: !clientError,
+      ...(status === 503 ? { retryAfterSeconds: retryAfterSeconds(error.details) } : {}),
+    };
   }
 
   if (typeof error === 'object' && error !== null) {
@@ -263,7 +294,7 @@ export function problemDetailsMiddleware(
       next(err);
       return;
     }
-    const { problem, log } = toProblemDetails(err, {
+    const { problem, log, retryAfterSeconds } = toProblemDetails(err, {
       instance: req.originalUrl,
       ...(options.statusByCode === undefined ? {} : { statusByCode: options.statusByCode }),
     });
@@ -273,6 +304,7 @@ export function problemDetailsMiddleware(
         'request failed',
       );
     }
+    if (retryAfterSeconds !== undefined) res.set('Retry-After', String(retryAfterSeconds));
     sendProblem(res, problem);
   };
   return problemDetails;

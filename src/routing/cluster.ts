@@ -1,5 +1,5 @@
 import { SpanKind, SpanStatusCode, trace, type Span, type Tracer } from '@opentelemetry/api';
-import { CircuitState } from 'cockatiel';
+import { CircuitState, type BulkheadPolicy } from 'cockatiel';
 import pg from 'pg';
 
 import { checkout, transactionOn, type DatabaseConnection } from '../db/checkout.js';
@@ -29,6 +29,7 @@ import {
 import { RoutingError } from './routing-error.js';
 import type { RouteReason, RoutingObserver } from './routing-observer.js';
 import { currentSession, recordToken } from './session.js';
+import { waitInSlot } from './wait-slots.js';
 import {
   hasReplayed,
   historyFileName,
@@ -76,6 +77,13 @@ export interface ClusterSettings {
   readonly waitTimeoutMs?: number;
   /** After the wait: read from the primary (default) or fail with `REPLICA_WAIT_TIMEOUT`. */
   readonly onWaitTimeout?: 'primary' | 'error';
+  /**
+   * Bounds how many reads may wait for a replica at once (cockatiel's `bulkhead(n)`; its queue is
+   * not used): one that would wait beyond it is refused at once with `REPLICA_WAIT_BUSY` rather
+   * than piling up. Share one bulkhead with read models (`createReadModel`) to bound every wait of
+   * a service. Default: unbounded.
+   */
+  readonly waitBulkhead?: BulkheadPolicy;
   /** Replicas lagging more than this leave eventual and bounded rotation; back under half. Default 30 s. */
   readonly maxLagMs?: number;
   /** Sampling interval of each node's monitor. Default 100 ms. */
@@ -458,6 +466,8 @@ export class Cluster {
     this.#assertOpen();
     if (!this.#started) await this.#ready;
     const session = currentSession();
+    if (options.signal === undefined && session?.signal !== undefined)
+      options = { ...options, signal: session.signal };
     const consistency =
       options.consistency ??
       session?.consistency ??
@@ -798,7 +808,16 @@ export class Cluster {
           const deadline = AbortSignal.timeout(timeoutMs);
           const signal =
             options.signal === undefined ? deadline : AbortSignal.any([deadline, options.signal]);
-          const waiting = this.#waiter.wait(required, signal);
+          const waiting = waitInSlot(
+            this.#options.waitBulkhead,
+            () => this.#waiter.wait(required, signal),
+            (cause) =>
+              new RoutingError(
+                'REPLICA_WAIT_BUSY',
+                'too many reads are already waiting for a replica to catch up; try again shortly',
+                { cause },
+              ),
+          );
           for (const entry of usable) entry.monitor.wake();
           const name = await waiting;
           options.signal?.throwIfAborted();

@@ -10,6 +10,11 @@ export type RoutingErrorCode =
   | 'CONSISTENCY_INVALID'
   /** No replica caught up within the wait bound and the read was told not to fall back. */
   | 'REPLICA_WAIT_TIMEOUT'
+  /**
+   * As many reads as the cluster's `waitBulkhead` allows already wait for a replica: this one is
+   * refused at once rather than queued.
+   */
+  | 'REPLICA_WAIT_BUSY'
   /** The read needs a replica or the primary and none can serve it. */
   | 'NO_NODE_AVAILABLE'
   | 'CLUSTER_CLOSED';

@@ -15,6 +15,11 @@ export interface ConsistencySession {
   servedBy: string | undefined;
   /** Set when a read could not trust the session's token (another cluster or timeline). */
   tokenUntrusted: boolean;
+  /**
+   * Ends the session's waits (for a replica, for a projection) when it aborts, with its reason:
+   * a request's time budget, say, or its client gone. A read given a `signal` of its own uses that.
+   */
+  signal?: AbortSignal;
 }
 
 const storage = new AsyncLocalStorage<ConsistencySession>();
