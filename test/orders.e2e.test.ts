@@ -186,6 +186,40 @@ describe('orders over HTTP', () => {
     const again = await call('POST', '/orders', { body: order(), headers });
     expect((again.body as Order).id).toBe((first.body as Order).id);
     expect((again.body as Order).sagaId).toBe((first.body as Order).sagaId);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+  });
+
+  it('refuses an Idempotency-Key sent with another body with 422, even to requests racing the first', async () => {
+    const key = `key-${Math.random()}`;
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        call('POST', '/orders', {
+          body: order({ customerId: `c${i + 1}` }),
+          headers: { 'idempotency-key': key },
+        }),
+      ),
+    );
+    const placed = answers.filter((answer) => answer.status === 201 || answer.status === 202);
+    expect(placed).toHaveLength(1);
+    const first = placed[0]!.body as Order;
+    for (const answer of answers.filter((answer) => answer !== placed[0])) {
+      expect(answer.status).toBe(422);
+      expect(problem(answer).code).toBe('IDEMPOTENCY_KEY_REUSED');
+    }
+    // The first request's body, sent again under the key, still answers the first order; any
+    // other difference (here the amount) is another request.
+    const again = await call('POST', '/orders', {
+      body: order({ customerId: first.customerId }),
+      headers: { 'idempotency-key': key },
+    });
+    expect((again.body as Order).id).toBe(first.id);
+    const other = await call('POST', '/orders', {
+      body: order({ customerId: first.customerId, amount: 26 }),
+      headers: { 'idempotency-key': key },
+    });
+    expect(other.status).toBe(422);
+    expect(problem(other).code).toBe('IDEMPOTENCY_KEY_REUSED');
   });
 
   it('answers bad input with 4xx problem details', async () => {

@@ -60,6 +60,7 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   PROJECTION_STATE: 409,
   // An Idempotency-Key sent again with a different request: nothing changed, the first stands.
   IDEMPOTENCY_KEY_REUSED: 422,
+  SAGA_KEY_REUSED: 422,
   // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
   INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.
