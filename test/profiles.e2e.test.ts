@@ -182,6 +182,32 @@ describe('profiles demo (CQRS over the event store)', () => {
     expect(problem(await call('GET', `/users/${randomUUID()}/profile`)).status).toBe(404);
   });
 
+  it('refuses an X-Projection-Position past the end of the event log with 400', async () => {
+    const ada = randomUUID();
+    const patched = await call('PATCH', `/users/${ada}/profile`, { body: { name: 'Ada' } });
+    const [transactionId, position] = patched.headers
+      .get(PROFILE_HEADERS.position)!
+      .split('.')
+      .map(BigInt) as [bigint, bigint];
+    for (const ahead of [
+      `${transactionId}.${position + 1_000_000n}`,
+      `${transactionId + 1_000_000n}.1`,
+      '18446744073709551615.9223372036854775807',
+    ]) {
+      const read = await call('GET', `/users/${ada}/profile`, {
+        headers: { [PROFILE_HEADERS.position]: ahead },
+      });
+      expect(read.status, ahead).toBe(400);
+      expect(problem(read).code).toBe('PROJECTION_POSITION_AHEAD');
+    }
+    // Control: the write's own position is no problem.
+    const own = await call('GET', `/users/${ada}/profile`, {
+      headers: { [PROFILE_HEADERS.position]: `${transactionId}.${position}` },
+    });
+    expect(own.status).toBe(200);
+    expect(own.body).toMatchObject({ name: 'Ada', stale: false });
+  });
+
   it('rebuilds the projection beside the serving one and switches over', async () => {
     const rebuilt = await call('POST', '/projections/profiles/rebuild');
     expect(rebuilt.status).toBe(202);

@@ -19,6 +19,11 @@ export type EventStoreErrorCode =
   | 'EVENTSTORE_UPCASTER_INVALID'
   /** A projection did not reach the required position within the wait bound. */
   | 'PROJECTION_WAIT_TIMEOUT'
+  /**
+   * A position to wait for is past the last event in the log: no append returned it (forged, or
+   * from another store). Refused instead of waited on; `details` holds `target` and `last`.
+   */
+  | 'PROJECTION_POSITION_AHEAD'
   /** A projection name is unknown, or a version is in a state the operation cannot use. */
   | 'PROJECTION_STATE'
   /** The store or the runner has been closed. */

@@ -40,6 +40,8 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TOKEN_MALFORMED: 400,
   // A token ahead of the primary is forged or from another cluster: rejected, never waited on.
   TOKEN_AHEAD: 400,
+  // Likewise a projection position past the end of the event log.
+  PROJECTION_POSITION_AHEAD: 400,
   NOT_FOUND: 404,
   SAGA_NOT_FOUND: 404,
   SAGA_INVALID_INPUT: 400,
