@@ -100,6 +100,36 @@ describe('read-your-writes on a read model', () => {
     }
   });
 
+  it('refuses a position past the end of the log instead of waiting on it', async () => {
+    const target = `t-${randomUUID()}`;
+    await runner.stop();
+    try {
+      const { position } = await follow(`d-${randomUUID()}`, target);
+      for (const ahead of [
+        { ...position, position: position.position + 1_000_000n },
+        { transactionId: position.transactionId + 1_000_000n, position: 1n },
+      ]) {
+        const err = await counts.query(followersSql, [target], { after: ahead }).then(
+          () => undefined,
+          (e: unknown) => e as { code?: string },
+        );
+        expect(err?.code).toBe('PROJECTION_POSITION_AHEAD');
+        await expect(
+          store.waitForProjection('ryw', ahead, { timeoutMs: 60_000 }),
+        ).rejects.toMatchObject({ code: 'PROJECTION_POSITION_AHEAD' });
+      }
+      // Control: the log's own last position, not projected yet, is waited for, not refused.
+      const late = await counts.query(followersSql, [target], {
+        after: position,
+        waitTimeoutMs: 200,
+      });
+      expect(late.stale).toBe(true);
+    } finally {
+      runner = store.startProjection(countsProjection('ryw'), { pollIntervalMs: 20 });
+      await runner.activated;
+    }
+  });
+
   it('says stale (or throws, if told to) when the projection does not get there in time', async () => {
     const target = `t-${randomUUID()}`;
     await runner.stop();

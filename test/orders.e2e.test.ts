@@ -10,7 +10,7 @@ import { listen, type RunningServer } from '../src/app/server.js';
 import { migrate } from '../src/db/migrate.js';
 import type { SagaDetailsView, SagaView } from '../src/http/sagas.js';
 import { createPostgresTransport, type Transport } from '../src/messaging/index.js';
-import { createCluster, type Cluster } from '../src/routing/index.js';
+import { createCluster, decodeToken, encodeToken, type Cluster } from '../src/routing/index.js';
 import { createSagaEngine, type SagaDefinition, type SagaEngine } from '../src/saga/index.js';
 import type { LocalStack } from '../src/stack/index.js';
 import { createLogger } from '../src/telemetry/logger.js';
@@ -186,6 +186,40 @@ describe('orders over HTTP', () => {
     const again = await call('POST', '/orders', { body: order(), headers });
     expect((again.body as Order).id).toBe((first.body as Order).id);
     expect((again.body as Order).sagaId).toBe((first.body as Order).sagaId);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(first.headers.get('idempotent-replayed')).toBeNull();
+  });
+
+  it('refuses an Idempotency-Key sent with another body with 422, even to requests racing the first', async () => {
+    const key = `key-${Math.random()}`;
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        call('POST', '/orders', {
+          body: order({ customerId: `c${i + 1}` }),
+          headers: { 'idempotency-key': key },
+        }),
+      ),
+    );
+    const placed = answers.filter((answer) => answer.status === 201 || answer.status === 202);
+    expect(placed).toHaveLength(1);
+    const first = placed[0]!.body as Order;
+    for (const answer of answers.filter((answer) => answer !== placed[0])) {
+      expect(answer.status).toBe(422);
+      expect(problem(answer).code).toBe('IDEMPOTENCY_KEY_REUSED');
+    }
+    // The first request's body, sent again under the key, still answers the first order; any
+    // other difference (here the amount) is another request.
+    const again = await call('POST', '/orders', {
+      body: order({ customerId: first.customerId }),
+      headers: { 'idempotency-key': key },
+    });
+    expect((again.body as Order).id).toBe(first.id);
+    const other = await call('POST', '/orders', {
+      body: order({ customerId: first.customerId, amount: 26 }),
+      headers: { 'idempotency-key': key },
+    });
+    expect(other.status).toBe(422);
+    expect(problem(other).code).toBe('IDEMPOTENCY_KEY_REUSED');
   });
 
   it('answers bad input with 4xx problem details', async () => {
@@ -345,6 +379,22 @@ describe('orders over HTTP', () => {
   });
 
   // Last: its failing compensations open the inventory service's circuit breaker for a while.
+  it("/sagas checks the token like every route: ahead of the primary 400, another cluster's untrusted", async () => {
+    const placed = await call('POST', '/orders', { body: order() });
+    const real = decodeToken(placed.headers.get('x-consistency-token')!);
+    const forged = encodeToken({ ...real, written: real.written + 1_000_000_000_000n });
+    const foreign = encodeToken({ ...real, systemId: '42' });
+    const path = `/sagas/${(placed.body as Order).sagaId!}`;
+    const refused = await call('GET', path, { headers: { 'x-consistency-token': forged } });
+    expect(refused.status).toBe(400);
+    expect(problem(refused).code).toBe('TOKEN_AHEAD');
+    const untrusted = await call('GET', path, { headers: { cookie: `replikit_token=${foreign}` } });
+    expect(untrusted.status).toBe(200);
+    expect(untrusted.headers.get('x-consistency-token-status')).toBe('untrusted');
+    expect(untrusted.headers.get('x-consistency-token')).toBeNull();
+    expect(untrusted.headers.get('set-cookie')).toBeNull();
+  });
+
   it('lists sagas needing attention and retries one; refuses actions that do not fit', async () => {
     const completedOrder = await call('POST', '/orders', { body: order() });
     expect(completedOrder.status).toBe(201);

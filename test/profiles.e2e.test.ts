@@ -6,7 +6,7 @@ import { loadConfig } from '../src/app/config.js';
 import { PROFILE_HEADERS, PROFILES_PROJECTION } from '../src/app/profiles.js';
 import { listen, type RunningServer } from '../src/app/server.js';
 import { createEventStore, type EventStore } from '../src/events/index.js';
-import { createCluster, type Cluster } from '../src/routing/index.js';
+import { createCluster, decodeToken, encodeToken, type Cluster } from '../src/routing/index.js';
 import type { LocalStack } from '../src/stack/index.js';
 import { createLogger } from '../src/telemetry/logger.js';
 import { createMetricsRegistry } from '../src/telemetry/metrics.js';
@@ -130,6 +130,43 @@ describe('profiles demo (CQRS over the event store)', () => {
     expect(afterFollow.body).toMatchObject({ name: 'Grace', followers: 1, stale: false });
   });
 
+  it("checks the token on every route: one ahead of the primary is refused, another cluster's is untrusted", async () => {
+    const ada = randomUUID();
+    const patched = await call('PATCH', `/users/${ada}/profile`, { body: { name: 'Ada' } });
+    const real = decodeToken(patched.headers.get('x-consistency-token')!);
+    const forged = encodeToken({ ...real, written: real.written + 1_000_000_000_000n });
+    const foreign = encodeToken({ ...real, systemId: '42' });
+    const follower = randomUUID();
+    for (const [method, path, body] of [
+      ['PATCH', `/users/${ada}/profile`, { name: 'Mallory' }],
+      ['POST', `/users/${follower}/follow`, { targetId: ada }],
+      ['GET', `/users/${ada}/profile`, undefined],
+    ] as const) {
+      const options = body === undefined ? {} : { body };
+      const refused = await call(method, path, {
+        ...options,
+        headers: { 'x-consistency-token': forged },
+      });
+      expect(refused.status, `${method} ${path}`).toBe(400);
+      expect(problem(refused).code).toBe('TOKEN_AHEAD');
+      const untrusted = await call(method, path, {
+        ...options,
+        headers: { 'x-consistency-token': foreign },
+      });
+      expect(untrusted.status, `${method} ${path}`).toBeLessThan(300);
+      expect(untrusted.headers.get('x-consistency-token-status')).toBe('untrusted');
+      // Never the token sent: a write's own, and none from a read.
+      const answered = untrusted.headers.get('x-consistency-token');
+      if (method === 'GET') expect(answered).toBeNull();
+      else expect(decodeToken(answered!).systemId).toBe(real.systemId);
+    }
+    // Each write went through once: with the untrusted token, never with the refused one.
+    const types = async (user: string) =>
+      (await store.readStream(`user-${user}`)).map((event) => event.type);
+    expect(await types(ada)).toEqual(['UserProfileUpdated', 'UserProfileUpdated']);
+    expect(await types(follower)).toEqual(['UserFollowed']);
+  });
+
   it('answers problems for bad input', async () => {
     const id = randomUUID();
     expect(
@@ -143,6 +180,32 @@ describe('profiles demo (CQRS over the event store)', () => {
       ).status,
     ).toBe(400);
     expect(problem(await call('GET', `/users/${randomUUID()}/profile`)).status).toBe(404);
+  });
+
+  it('refuses an X-Projection-Position past the end of the event log with 400', async () => {
+    const ada = randomUUID();
+    const patched = await call('PATCH', `/users/${ada}/profile`, { body: { name: 'Ada' } });
+    const [transactionId, position] = patched.headers
+      .get(PROFILE_HEADERS.position)!
+      .split('.')
+      .map(BigInt) as [bigint, bigint];
+    for (const ahead of [
+      `${transactionId}.${position + 1_000_000n}`,
+      `${transactionId + 1_000_000n}.1`,
+      '18446744073709551615.9223372036854775807',
+    ]) {
+      const read = await call('GET', `/users/${ada}/profile`, {
+        headers: { [PROFILE_HEADERS.position]: ahead },
+      });
+      expect(read.status, ahead).toBe(400);
+      expect(problem(read).code).toBe('PROJECTION_POSITION_AHEAD');
+    }
+    // Control: the write's own position is no problem.
+    const own = await call('GET', `/users/${ada}/profile`, {
+      headers: { [PROFILE_HEADERS.position]: `${transactionId}.${position}` },
+    });
+    expect(own.status).toBe(200);
+    expect(own.body).toMatchObject({ name: 'Ada', stale: false });
   });
 
   it('rebuilds the projection beside the serving one and switches over', async () => {

@@ -208,6 +208,37 @@ describe('read-your-writes', () => {
     }
   });
 
+  it("a write refuses a session token ahead of the primary before it writes, and never merges another cluster's", async () => {
+    const { token, version } = await bump(6);
+    const forged = { ...token, written: token.written + 10_000_000_000n };
+    const refused = newSession({ token: forged });
+    for (const write of [
+      (): Promise<unknown> =>
+        cluster.write('update counters set version = version + 1 where id = 6'),
+      () =>
+        cluster.transaction((tx) =>
+          tx.query('update counters set version = version + 1 where id = 6'),
+        ),
+    ]) {
+      refused.token = forged;
+      const failure = await withSession(refused, write).catch((err: unknown) => err);
+      expect((failure as RoutingError).code).toBe('TOKEN_AHEAD');
+      // Not handed back with the error either.
+      expect(refused.token).toBeUndefined();
+    }
+    expect((await readVersion(6, { level: 'strong' })).version).toBe(version);
+
+    for (const foreign of [
+      { ...forged, systemId: '12345' },
+      { ...forged, timeline: token.timeline + 1 },
+    ]) {
+      const session = newSession({ token: foreign });
+      const written = await withSession(session, () => bump(6));
+      expect(session.token).toEqual(written.token);
+      expect(session.tokenUntrusted).toBe(true);
+    }
+  });
+
   it('picks up the token from the session and merges new writes into it', async () => {
     const session = newSession();
     await withSession(session, async () => {

@@ -279,6 +279,23 @@ describe('the order saga', () => {
     expect((await e.wait(first.id, { timeoutMs: 10_000 })).state.status).toBe('completed');
   });
 
+  it('refuses a key started again with another fingerprint, and starts nothing', async () => {
+    const e = await engine();
+    const order = sampleOrder();
+    const key = `order:${order.orderId}`;
+    const first = await e.run(saga, order, { key, fingerprint: 'a' });
+    expect(await e.run(saga, order, { key, fingerprint: 'a' })).toEqual({
+      id: first.id,
+      created: false,
+    });
+    await expect(
+      e.run(saga, { ...order, amount: order.amount + 1 }, { key, fingerprint: 'b' }),
+    ).rejects.toMatchObject({ code: 'SAGA_KEY_REUSED', details: { key, id: first.id } });
+    // Without a fingerprint, a start asks for whatever the key started.
+    expect(await e.run(saga, order, { key })).toEqual({ id: first.id, created: false });
+    expect((await e.wait(first.id, { timeoutMs: 10_000 })).state.status).toBe('completed');
+  });
+
   it('refuses input that does not match the saga', async () => {
     const e = await engine();
     await expect(e.run(saga, { ...sampleOrder(), amount: -1 })).rejects.toMatchObject({

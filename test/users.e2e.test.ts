@@ -277,6 +277,82 @@ describe('bad input gets a 4xx problem, never a 500', () => {
     expect(response.headers.get('x-consistency-token')).toBeNull();
   });
 
+  it('a forged token ahead of the primary on a write: 400, nothing written, nothing handed back', async () => {
+    const { user, token } = await createUser();
+    const real = decodeToken(token);
+    const forged = encodeToken({ ...real, written: real.written + 1_000_000_000_000n });
+    const seenAhead = encodeToken({ ...real, seen: real.seen + 1_000_000_000_000n });
+    const email = uniqueEmail();
+    const sent: Record<string, string>[] = [
+      { 'x-consistency-token': forged },
+      { 'x-consistency-token': seenAhead },
+      { cookie: `replikit_token=${forged}` },
+    ];
+    for (const headers of sent) {
+      for (const [method, path, body] of [
+        ['POST', '/users', { name: 'Mallory', email }],
+        ['PATCH', `/users/${user.id}`, { name: 'Mallory' }],
+        // Every route, whatever its consistency: an eventual read checks no position of its own.
+        ['GET', `/users/${user.id}`, undefined],
+      ] as const) {
+        const response = await call(method, path, {
+          headers: { ...headers, 'x-consistency': 'eventual' },
+          ...(body === undefined ? {} : { body }),
+        });
+        expect(response.status, `${method} ${path} ${JSON.stringify(headers)}`).toBe(400);
+        expect(problem(response).code).toBe('TOKEN_AHEAD');
+        expect(response.headers.get('x-consistency-token')).toBeNull();
+        expect(response.headers.get('set-cookie')).toBeNull();
+      }
+    }
+    const { rows } = await cluster.primary.query(
+      'select name from users where email = $1 or id = $2',
+      [email, user.id],
+    );
+    expect(rows).toEqual([{ name: 'Ada' }]);
+  });
+
+  it('a token of another cluster or timeline on a write is not merged into the new one, and is called untrusted', async () => {
+    const { user, token } = await createUser();
+    const real = decodeToken(token);
+    const ahead = real.written + 1_000_000_000_000n;
+    for (const other of [
+      { ...real, systemId: '42', written: ahead },
+      { ...real, timeline: real.timeline + 1, written: ahead },
+      { ...real, timeline: real.timeline + 1 },
+    ]) {
+      const sent = encodeToken(other);
+      const patched = await call('PATCH', `/users/${user.id}`, {
+        body: { name: 'Grace' },
+        headers: { 'x-consistency-token': sent, cookie: `replikit_token=${sent}` },
+      });
+      expect(patched.status).toBe(200);
+      expect(patched.headers.get('x-consistency-token-status')).toBe('untrusted');
+      const answered = decodeToken(patched.headers.get('x-consistency-token')!);
+      expect(answered).toMatchObject({ systemId: real.systemId, timeline: real.timeline });
+      expect(answered.written).toBeGreaterThan(real.written);
+      expect(answered.written).toBeLessThan(ahead);
+      const cookie = /^replikit_token=([^;]+)/.exec(patched.headers.get('set-cookie') ?? '')?.[1];
+      expect(cookie).toBe(patched.headers.get('x-consistency-token'));
+
+      // A read at any level says so too, and hands back no token: neither that one, nor one of
+      // its own that would make the caller forget it wrote.
+      const read = await call('GET', `/users/${user.id}`, {
+        headers: { 'x-consistency-token': sent, 'x-consistency': 'eventual' },
+      });
+      expect(read.status).toBe(200);
+      expect(read.headers.get('x-consistency-token-status')).toBe('untrusted');
+      expect(read.headers.get('x-consistency-token')).toBeNull();
+    }
+    // Control: this cluster's own token is trusted, merged, and not flagged.
+    const trusted = await call('PATCH', `/users/${user.id}`, {
+      body: { name: 'Ada' },
+      headers: { 'x-consistency-token': token },
+    });
+    expect(trusted.status).toBe(200);
+    expect(trusted.headers.get('x-consistency-token-status')).toBeNull();
+  });
+
   it('malformed JSON, wrong types, unknown fields, oversized bodies, bad ids', async () => {
     const malformed = await call('POST', '/users', { raw: '{"name": "Ada",' });
     expect(malformed.status).toBe(400);

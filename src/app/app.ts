@@ -92,8 +92,9 @@ export function createApp(options: AppOptions): express.Express {
   app.get('/metrics', createMetricsHandler(registry, { logger }));
 
   // Everything below is a consistency session: X-Consistency and X-Consistency-Token in, the
-  // merged token and X-Served-By out.
-  app.use(consistencyMiddleware());
+  // merged token and X-Served-By out. Every database of the service is on the cluster's servers,
+  // so its primary vouches for every token, on every route.
+  app.use(consistencyMiddleware({ cluster }));
   app.use(requestBudget({ budgetMs: options.config.REPLIKIT_REQUEST_BUDGET_MS }));
   app.use(usersRouter(cluster));
   if (options.profiles !== undefined) app.use(profilesRouter(options.profiles));

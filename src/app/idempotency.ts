@@ -12,7 +12,11 @@ export const IDEMPOTENCY_HEADERS = {
   replayed: 'Idempotent-Replayed',
 } as const;
 
-/** The `Idempotency-Key` header: 1 to 200 characters (blanks around it ignored), or absent. */
+/**
+ * The `Idempotency-Key` header: 1 to 200 characters, or absent. Blanks around it are not part of
+ * the key (HTTP does not count them as part of a header value, and most hops drop them already):
+ * every route that takes a key parses it with this, so `k` with spaces around it is `k` everywhere.
+ */
 export const idempotencyKeyHeader = z
   .string()
   .trim()

@@ -179,7 +179,8 @@ function requiredPosition(req: Request): GlobalPosition | 'latest' | undefined {
  * - `GET /users/:id/profile` → 200 the profile or 404. Eventually consistent by default (any
  *   replica); with `X-Projection-Position` from an earlier write (or `X-Consistency:
  *   read-your-writes` and a token from a write), it waits for the projection and reads from a
- *   replica that has replayed it, and says `stale` when the wait ran out;
+ *   replica that has replayed it, and says `stale` when the wait ran out; a position past the
+ *   end of the event log is refused (400 `PROJECTION_POSITION_AHEAD`), never waited on;
  * - `POST /projections/profiles/rebuild` → 202 `{ version }`: builds a new version beside the
  *   serving one, which takes over once caught up (the runner lives in this process).
  *

@@ -21,6 +21,11 @@ export type EventStoreErrorCode =
   | 'PROJECTION_WAIT_TIMEOUT'
   /** As many reads as the read model's `waitBulkhead` allows already wait: refused at once. */
   | 'PROJECTION_WAIT_BUSY'
+  /**
+   * A position to wait for is past the last event in the log: no append returned it (forged, or
+   * from another store). Refused instead of waited on; `details` holds `target` and `last`.
+   */
+  | 'PROJECTION_POSITION_AHEAD'
   /** A projection name is unknown, or a version is in a state the operation cannot use. */
   | 'PROJECTION_STATE'
   /** The store or the runner has been closed. */

@@ -456,6 +456,9 @@ export class EventStore {
    * append's `position`, or `'latest'` for everything committed so far). Woken by the runners'
    * NOTIFY, with polling as the fallback; one poll serves every waiter. Never throws on timeout:
    * the result says whether the projection got there.
+   *
+   * @throws EventStoreError `PROJECTION_POSITION_AHEAD` for a `target` past the last event in the
+   *   log, which no append returned: refused at the first poll after the call, never waited on.
    */
   async waitForProjection(
     name: string,
@@ -465,7 +468,7 @@ export class EventStore {
     this.#assertOpen();
     options.signal?.throwIfAborted();
     const position = target === 'latest' ? await this.latestPosition(options) : target;
-    this.#waiter ??= new ProjectionWaiter(this.#access);
+    this.#waiter ??= new ProjectionWaiter(this.#access, () => this.latestPosition());
     return this.#waiter.wait(name, position, options.timeoutMs ?? 5000, options.signal);
   }
 

@@ -1,7 +1,8 @@
 import pg from 'pg';
 
 import { parseLsn, type Lsn } from '../routing/lsn.js';
-import { comparePositions, type GlobalPosition } from './position.js';
+import { EventStoreError } from './event-store-error.js';
+import { comparePositions, formatPosition, type GlobalPosition } from './position.js';
 import type { StoreAccess } from './projection-runner.js';
 import { PROJECTIONS_CHANNEL, PROJECTIONS_TABLE } from './schema.js';
 
@@ -25,7 +26,12 @@ export interface ProjectionWaitResult {
 interface Waiter {
   readonly name: string;
   readonly target: GlobalPosition;
+  /** Polls started before this one may predate the target's append: only later ones judge it. */
+  readonly since: number;
+  /** Known to be within the log (the log only grows): never asked again. */
+  inLog: boolean;
   readonly finish: (found: Found | undefined) => void;
+  readonly refuse: (err: Error) => void;
 }
 
 interface Found {
@@ -47,7 +53,10 @@ const RECONNECT_MS = 1000;
  */
 export class ProjectionWaiter {
   readonly #access: StoreAccess;
+  readonly #latestEvent: () => Promise<GlobalPosition>;
   readonly #waiters = new Set<Waiter>();
+  /** Polls started so far. */
+  #polls = 0;
   readonly #latest = new Map<string, Found>();
   #listener: pg.Client | undefined;
   #listenerFailedAt = 0;
@@ -56,11 +65,16 @@ export class ProjectionWaiter {
   #again = false;
   #closed = false;
 
-  constructor(access: StoreAccess) {
+  /** `latestEvent`: the position of the last event in the log (see `EventStore.latestPosition`). */
+  constructor(access: StoreAccess, latestEvent: () => Promise<GlobalPosition>) {
     this.#access = access;
+    this.#latestEvent = latestEvent;
   }
 
-  /** Resolves when `name`'s active version has reached `target`, or after `timeoutMs`. */
+  /**
+   * Resolves when `name`'s active version has reached `target`, or after `timeoutMs`.
+   * Rejects with `PROJECTION_POSITION_AHEAD` when `target` is past the last event in the log.
+   */
   wait(
     name: string,
     target: GlobalPosition,
@@ -81,6 +95,12 @@ export class ProjectionWaiter {
       const waiter: Waiter = {
         name,
         target,
+        since: this.#polls,
+        inLog: false,
+        refuse: (err) => {
+          cleanup();
+          reject(err);
+        },
         finish: (found) => {
           cleanup();
           const last = found ?? this.#latest.get(name);
@@ -173,6 +193,7 @@ export class ProjectionWaiter {
   }
 
   async #pollOnce(): Promise<void> {
+    const poll = ++this.#polls;
     this.#ensureListener();
     const names = [...new Set([...this.#waiters].map((waiter) => waiter.name))];
     const { rows } = await this.#access.pool.query<{
@@ -199,6 +220,25 @@ export class ProjectionWaiter {
       if (found !== undefined && comparePositions(found.checkpoint, waiter.target) >= 0) {
         waiter.finish(found);
       }
+    }
+    // A target past the last event was never returned by an append: forged, or from another
+    // store. Waiting on it would only run out the bound. An append's position is committed before
+    // anyone can send it, so a poll started after the waiter arrived sees it in the log.
+    const unproven = [...this.#waiters].filter((waiter) => !waiter.inLog && waiter.since < poll);
+    if (unproven.length === 0) return;
+    const last = await this.#latestEvent();
+    for (const waiter of unproven) {
+      if (comparePositions(waiter.target, last) <= 0) {
+        waiter.inLog = true;
+        continue;
+      }
+      waiter.refuse(
+        new EventStoreError(
+          'PROJECTION_POSITION_AHEAD',
+          `position ${formatPosition(waiter.target)} is past the last event in the log (${formatPosition(last)}): it was not returned by an append to this store`,
+          { details: { target: formatPosition(waiter.target), last: formatPosition(last) } },
+        ),
+      );
     }
   }
 }

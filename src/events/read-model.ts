@@ -99,7 +99,8 @@ export class ReadModel {
    * Runs `sql` against the read model; see {@link createReadModel}.
    *
    * @throws EventStoreError `PROJECTION_WAIT_TIMEOUT` when the projection is late and
-   *   `onTimeout` is `error`, with the target, the checkpoint reached and the time waited.
+   *   `onTimeout` is `error`, with the target, the checkpoint reached and the time waited;
+   *   `PROJECTION_POSITION_AHEAD` when `after` is past the last event in the log.
    */
   async query<R extends pg.QueryResultRow = pg.QueryResultRow>(
     sql: string,

@@ -3,6 +3,7 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import onHeaders from 'on-headers';
 
 import {
+  type Cluster,
   decodeToken,
   encodeToken,
   mergeTokens,
@@ -30,6 +31,15 @@ export const CONSISTENCY_HEADERS = {
 export interface ConsistencyMiddlewareOptions {
   /** Cookie that may carry the token too (browsers). Default `replikit_token`; `false` to ignore cookies. */
   readonly cookie?: string | false;
+  /**
+   * The cluster the tokens come from. Given, every request's token is checked against it before
+   * any route runs ({@link Cluster.admitSessionToken}): one ahead of its primary is refused (400
+   * `TOKEN_AHEAD`), one of another cluster or timeline is dropped and the response says
+   * `X-Consistency-Token-Status: untrusted`, whatever the route does. Without it, only the
+   * cluster's own reads and writes check the token, and a route that never reaches the cluster
+   * (or only at `strong`) hands back whatever token it was sent.
+   */
+  readonly cluster?: Pick<Cluster, 'admitSessionToken'>;
 }
 
 function parseTokenHeader(value: string | undefined): ConsistencyToken | undefined {
@@ -43,11 +53,12 @@ function parseTokenHeader(value: string | undefined): ConsistencyToken | undefin
  * session so the cluster picks them up, and answers with the merged token and, for reads, where
  * they were served.
  *
- * A malformed token or an unknown consistency level is passed to `next` as a `RoutingError`, which
- * the problem-details handler turns into a 400.
+ * A malformed token, an unknown consistency level or (given `cluster`) a token ahead of the
+ * primary is passed to `next` as a `RoutingError`, which the problem-details handler turns into a
+ * 400.
  *
  * ```ts
- * app.use(consistencyMiddleware());
+ * app.use(consistencyMiddleware({ cluster }));
  * app.get('/users/:id', async (req, res) => {
  *   const { rows } = await cluster.read('select * from users where id = $1', [req.params.id]);
  *   res.json(rows[0]);
@@ -80,6 +91,10 @@ export function consistencyMiddleware(options: ConsistencyMiddlewareOptions = {}
       next(err);
       return;
     }
+    const admitted =
+      options.cluster === undefined || session.token === undefined
+        ? undefined
+        : options.cluster.admitSessionToken(session);
 
     onHeaders(res, () => {
       // An untrusted token is not handed back; a token from a write of this request replaces it.
@@ -100,6 +115,13 @@ export function consistencyMiddleware(options: ConsistencyMiddlewareOptions = {}
       if (session.servedBy !== undefined)
         res.setHeader(CONSISTENCY_HEADERS.servedBy, session.servedBy);
     });
-    withSession(session, () => next());
+    if (admitted === undefined) {
+      withSession(session, () => next());
+      return;
+    }
+    admitted.then(
+      () => withSession(session, () => next()),
+      (err: unknown) => next(err),
+    );
   };
 }

@@ -40,6 +40,8 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   TOKEN_MALFORMED: 400,
   // A token ahead of the primary is forged or from another cluster: rejected, never waited on.
   TOKEN_AHEAD: 400,
+  // Likewise a projection position past the end of the event log.
+  PROJECTION_POSITION_AHEAD: 400,
   NOT_FOUND: 404,
   SAGA_NOT_FOUND: 404,
   // Not HTTP/1.1 at all, as Node's parser found (answered on the raw connection, then closed).
@@ -70,6 +72,7 @@ export const ERROR_STATUS: Readonly<Record<string, number>> = {
   PROJECTION_STATE: 409,
   // An Idempotency-Key sent again with a different request: nothing changed, the first stands.
   IDEMPOTENCY_KEY_REUSED: 422,
+  SAGA_KEY_REUSED: 422,
   // The account holds less than the transfer moves; nothing changed. Worth retrying once it holds more.
   INSUFFICIENT_FUNDS: 409,
   // Nothing can serve the request now; worth retrying later.

@@ -28,7 +28,7 @@ import {
 } from './node-monitor.js';
 import { RoutingError } from './routing-error.js';
 import type { RouteReason, RoutingObserver } from './routing-observer.js';
-import { currentSession, recordToken } from './session.js';
+import { currentSession, recordToken, type ConsistencySession } from './session.js';
 import { waitInSlot } from './wait-slots.js';
 import {
   hasReplayed,
@@ -419,6 +419,8 @@ export class Cluster {
   ): Promise<WriteResult<R>> {
     this.#assertOpen();
     await this.#ready;
+    // Before the write: a refused token must leave nothing written behind.
+    await this.admitSessionToken();
     return withClient(this.primary, async (client) => {
       // One statement outside a transaction block commits on its own; the position is read after.
       const result = await client.query<R>(sql, params as unknown[]);
@@ -440,6 +442,7 @@ export class Cluster {
   ): Promise<{ result: T; token: ConsistencyToken }> {
     this.#assertOpen();
     await this.#ready;
+    await this.admitSessionToken();
     return withClient(this.primary, async (client) => {
       // A callback that caught a failed statement leaves the transaction aborted and its COMMIT
       // answered with ROLLBACK: transactionOn checks, so no token is handed out for lost writes.
@@ -468,6 +471,7 @@ export class Cluster {
     const session = currentSession();
     if (options.signal === undefined && session?.signal !== undefined)
       options = { ...options, signal: session.signal };
+    await this.admitSessionToken(session);
     const consistency =
       options.consistency ??
       session?.consistency ??
@@ -535,7 +539,13 @@ export class Cluster {
               newToken.timeline === primary.timeline
             )
               newToken = { ...newToken, seen: maxLsn(newToken.seen, seen) };
-          } else if (seen !== undefined && primary !== undefined) {
+          } else if (
+            seen !== undefined &&
+            primary !== undefined &&
+            // A token that says only what this read saw would replace the caller's untrusted one
+            // and claim there is no write to wait for: the caller keeps its own instead.
+            !(session?.tokenUntrusted ?? false)
+          ) {
             newToken = this.#tokenAt(0n, seen);
           }
           if (session !== undefined) {
@@ -575,6 +585,48 @@ export class Cluster {
         }
       },
     );
+  }
+
+  /**
+   * Checks a token a client sent, before anything uses it. `untrusted` when it names another
+   * cluster or timeline: its positions mean nothing here, so it must be neither waited on nor
+   * merged with this cluster's tokens (reads with it at read-your-writes go to the primary).
+   *
+   * @throws RoutingError `TOKEN_AHEAD` when it names a position (written or seen) beyond the
+   *   primary's: it was forged, or issued by another cluster; never waited on, never handed back.
+   */
+  async checkToken(token: ConsistencyToken): Promise<'trusted' | 'untrusted'> {
+    this.#assertOpen();
+    if (!this.#started) await this.#ready;
+    return (await this.#trusted(token)) ? 'trusted' : 'untrusted';
+  }
+
+  /**
+   * Checks the session's token with {@link Cluster.checkToken} and drops an untrusted one from
+   * the session (marking it `tokenUntrusted`), so that no write merges its token into it and no
+   * response hands it back. Reads and writes of the cluster call it for the current session; an
+   * HTTP adapter calls it once per request, before any route, so that routes that never reach
+   * the cluster check the token too.
+   *
+   * @throws RoutingError `TOKEN_AHEAD`, see {@link Cluster.checkToken}.
+   */
+  async admitSessionToken(
+    session: ConsistencySession | undefined = currentSession(),
+  ): Promise<void> {
+    const token = session?.token;
+    if (session === undefined || token === undefined) return;
+    let trust: 'trusted' | 'untrusted';
+    try {
+      trust = await this.checkToken(token);
+    } catch (err) {
+      // Refused: not to be handed back with the error either.
+      if (session.token === token) session.token = undefined;
+      throw err;
+    }
+    if (trust === 'trusted') return;
+    // A write of this request may have replaced it meanwhile: only the token checked is dropped.
+    if (session.token === token) session.token = undefined;
+    session.tokenUntrusted = true;
   }
 
   /** Health, position and lag of every replica, from the monitors' cached samples. */
@@ -662,26 +714,27 @@ export class Cluster {
   ): Promise<Route> {
     if (consistency.level === 'strong') return { node: 'primary', reason: 'strong' };
 
+    const session = currentSession();
+    if (
+      (consistency.level === 'read-your-writes' || consistency.level === 'monotonic') &&
+      (token === undefined ? session?.tokenUntrusted === true : !(await this.#trusted(token)))
+    ) {
+      // The caller wrote somewhere this cluster cannot place (another cluster, or before a
+      // failover): no replica can be proven to have it, the primary is the best there is.
+      if (session !== undefined) session.tokenUntrusted = true;
+      const primary = this.#primaryMonitor.sample;
+      span.addEvent('replikit.token_untrusted', {
+        ...(token === undefined ? {} : { 'replikit.token.timeline': token.timeline }),
+        ...(primary === undefined ? {} : { 'replikit.primary.timeline': primary.timeline }),
+      });
+      return { node: 'primary', reason: 'token_untrusted' };
+    }
+
     if (
       token !== undefined &&
       (consistency.level === 'read-your-writes' || consistency.level === 'monotonic')
     ) {
-      const primary = this.#primaryMonitor.sample;
-      if (
-        primary === undefined ||
-        token.systemId !== primary.systemId ||
-        token.timeline !== primary.timeline
-      ) {
-        const session = currentSession();
-        if (session !== undefined) session.tokenUntrusted = true;
-        span.addEvent('replikit.token_untrusted', {
-          'replikit.token.timeline': token.timeline,
-          ...(primary === undefined ? {} : { 'replikit.primary.timeline': primary.timeline }),
-        });
-        return { node: 'primary', reason: 'token_untrusted' };
-      }
       const required = requiredPosition(token, consistency.level === 'monotonic');
-      await this.#assertNotAhead(required);
       // A wait for the write itself measures how long it took to become visible; one for a
       // position a read saw later does not.
       const writtenAt = required === token.written ? token.writtenAt : undefined;
@@ -874,6 +927,22 @@ export class Cluster {
       'replikit.wait.ms': waitedMs,
     });
     return { node: 'primary', reason: 'timeout_fallback' };
+  }
+
+  /**
+   * Whether `token` names this cluster's current timeline; throws `TOKEN_AHEAD` for one of them
+   * whose positions pass the primary's.
+   */
+  async #trusted(token: ConsistencyToken): Promise<boolean> {
+    const primary = this.#primaryMonitor.sample;
+    if (
+      primary === undefined ||
+      token.systemId !== primary.systemId ||
+      token.timeline !== primary.timeline
+    )
+      return false;
+    await this.#assertNotAhead(maxLsn(token.written, token.seen));
+    return true;
   }
 
   /** A token's position beyond the primary's is forged or foreign: refuse it, never wait on it. */

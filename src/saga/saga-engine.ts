@@ -56,7 +56,7 @@ import {
   listSagas,
   overrideSaga,
   readSaga,
-  readSagaByKey,
+  readSagaKey,
   readSteps,
   releaseLeases,
   renewLeases,
@@ -188,6 +188,13 @@ export interface StartSagaOptions {
   readonly id?: string;
   /** A business key (such as an order id): starting a second saga with the same key returns the first. */
   readonly key?: string;
+  /**
+   * What the request behind `key` asks for, such as a hash of its fields. A later start with the
+   * same key and another fingerprint names a different request: it is refused with
+   * `SAGA_KEY_REUSED` rather than answered with the first saga. Without one (or when the first
+   * start had none), any start under the key returns the first saga.
+   */
+  readonly fingerprint?: string;
 }
 
 /** A saga with its step log. */
@@ -401,7 +408,8 @@ export class SagaEngine {
    * are in the log.
    *
    * @throws SagaError `SAGA_UNKNOWN` for a definition the engine was not given; `SAGA_INVALID_INPUT`
-   *   when the definition's input schema refuses the input.
+   *   when the definition's input schema refuses the input; `SAGA_KEY_REUSED` when `key` was
+   *   started with another `fingerprint`.
    */
   async run<I>(
     definition: SagaDefinition<I>,
@@ -435,6 +443,7 @@ export class SagaEngine {
         saga: known.name,
         version: known.version,
         key: options.key ?? null,
+        keyFingerprint: options.key === undefined ? null : (options.fingerprint ?? null),
         input: parsed as Json,
         trace: carrier,
         owned,
@@ -451,10 +460,23 @@ export class SagaEngine {
     if (!created) {
       span.setAttribute('replikit.saga.duplicate', true);
       span.end();
-      const existing =
-        options.key === undefined
-          ? await readSaga(this.#pool, id)
-          : await readSagaByKey(this.#pool, options.key);
+      if (options.key === undefined) {
+        const existing = await readSaga(this.#pool, id);
+        return { id: existing?.id ?? id, created: false };
+      }
+      // The insert that won has committed (the conflict waited for it): its row is there.
+      const existing = await readSagaKey(this.#pool, options.key);
+      if (
+        existing !== undefined &&
+        existing.fingerprint !== null &&
+        options.fingerprint !== undefined &&
+        existing.fingerprint !== options.fingerprint
+      )
+        throw new SagaError(
+          'SAGA_KEY_REUSED',
+          `saga key ${options.key} was used for another request (saga ${existing.id}); nothing was started`,
+          { details: { key: options.key, id: existing.id } },
+        );
       return { id: existing?.id ?? id, created: false };
     }
     this.#options.observer?.onSagaStarted?.({ saga: known.name });

@@ -17,6 +17,12 @@ export type SagaErrorCode =
    * made and its outcome is not known): undoing the steps before it could leave half a saga.
    */
   | 'SAGA_PIVOT_IN_DOUBT'
+  /**
+   * A saga was started under a key that an earlier start used with another fingerprint (another
+   * request): nothing was started, and the first saga stands. `details` holds the `key` and the
+   * first saga's `id`.
+   */
+  | 'SAGA_KEY_REUSED'
   /** A checkpoint was refused: another process holds the saga's lease now (its epoch moved on). */
   | 'SAGA_FENCED'
   /**

@@ -68,6 +68,13 @@ export const SAGA_MIGRATIONS: readonly Migration[] = [
     id: 'replikit-saga-0002-pivot-intent',
     sql: `alter table replikit_sagas add column pivot_started boolean not null default false;`,
   },
+  {
+    // What the request that started a saga under a key asked for: the same key sent with another
+    // request is refused instead of answered with this saga. Null for sagas started before, or
+    // without a fingerprint: those answer any request under their key, as they always did.
+    id: 'replikit-saga-0003-key-fingerprint',
+    sql: `alter table replikit_sagas add column key_fingerprint text;`,
+  },
 ];
 
 /** Something to run SQL on: a pool, or a client inside a transaction. */
@@ -165,6 +172,8 @@ export interface NewSaga {
   readonly saga: string;
   readonly version: number;
   readonly key: string | null;
+  /** What the request under `key` asked for (see `StartSagaOptions.fingerprint`). */
+  readonly keyFingerprint: string | null;
   readonly input: Json;
   readonly trace: Readonly<Record<string, string>> | null;
   /** Insert it already leased to the caller (epoch 1), or unowned for any poller to claim. */
@@ -226,6 +235,7 @@ export async function insertSagas(
     saga: item.saga,
     version: item.version,
     key: item.key,
+    key_fingerprint: item.keyFingerprint,
     input: item.input,
     trace: item.trace,
     owned: item.owned,
@@ -237,11 +247,12 @@ export async function insertSagas(
     name: 'replikit_saga_insert',
     text: `with input as (
        select * from jsonb_to_recordset($1::jsonb)
-         as r(id uuid, saga text, version int, key text, input jsonb, trace jsonb, owned boolean, attempt int)
+         as r(id uuid, saga text, version int, key text, key_fingerprint text, input jsonb,
+              trace jsonb, owned boolean, attempt int)
      ), written as (
-       insert into replikit_sagas (id, saga, version, key, status, step_index, attempt, input, trace,
-                                   owner, epoch, lease_until)
-       select id, saga, version, key, 'running', 0, attempt, input, trace,
+       insert into replikit_sagas (id, saga, version, key, key_fingerprint, status, step_index,
+                                   attempt, input, trace, owner, epoch, lease_until)
+       select id, saga, version, key, key_fingerprint, 'running', 0, attempt, input, trace,
               case when owned then $3 end, case when owned then 1 else 0 end,
               case when owned then now() + $4 * interval '1 millisecond' end
        from input
@@ -430,10 +441,17 @@ export async function readSaga(
   return rows[0] === undefined ? undefined : toRecord(rows[0]);
 }
 
-/** Finds a saga by the key it was started with. */
-export async function readSagaByKey(db: Queryable, key: string): Promise<SagaRecord | undefined> {
-  const { rows } = await db.query<SagaRow>('select * from replikit_sagas where key = $1', [key]);
-  return rows[0] === undefined ? undefined : toRecord(rows[0]);
+/** The saga started under a key, and the fingerprint of the request that started it. */
+export async function readSagaKey(
+  db: Queryable,
+  key: string,
+): Promise<{ readonly id: string; readonly fingerprint: string | null } | undefined> {
+  const { rows } = await db.query<{ id: string; key_fingerprint: string | null }>(
+    'select id, key_fingerprint from replikit_sagas where key = $1',
+    [key],
+  );
+  const row = rows[0];
+  return row === undefined ? undefined : { id: row.id, fingerprint: row.key_fingerprint };
 }
 
 /** Reads a saga's step log, in step order (each step's run before its compensation). */

@@ -7,9 +7,19 @@ import { z } from 'zod';
 import { ReplikitError } from '../../errors.js';
 import { parseInput } from '../../http/validation.js';
 import type { Cluster } from '../../routing/index.js';
-import type { SagaDefinition, SagaEngine, SagaRecord } from '../../saga/index.js';
+import {
+  SagaError,
+  type SagaDefinition,
+  type SagaEngine,
+  type SagaRecord,
+} from '../../saga/index.js';
 import type { Logger } from '../../telemetry/logger.js';
-import { idempotencyKeyHeader } from '../idempotency.js';
+import {
+  IDEMPOTENCY_HEADERS,
+  idempotencyKeyHeader,
+  idempotencyKeyReused,
+  requestFingerprint,
+} from '../idempotency.js';
 import type { OrderChoreography } from './choreography.js';
 import { faultSchema, type OrderInput } from './order-saga.js';
 
@@ -125,7 +135,9 @@ const ORDER_SQL = `
  *   finishes within the wait: 201 with the {@link Order} (`confirmed`, or `rejected` with a
  *   `reason` such as `insufficient_stock` or `payment_declined`); else 202 with the order as
  *   `pending` and `Location: /sagas/<id>`. An `Idempotency-Key` header makes a retried request
- *   return the first one's order instead of placing a second. With faults enabled,
+ *   return the first one's order (`Idempotent-Replayed: true`) instead of placing a second; the
+ *   key is the order saga's key, with a fingerprint of the request, and the same key with a
+ *   different order answers 422 `IDEMPOTENCY_KEY_REUSED`. With faults enabled,
  *   `faults: [{ step, phase, action, times, ms }]` injects a failure or delay at a step.
  * - `POST /orders?flow=choreography` runs the same business flow by events: each service reacts to
  *   the previous one's event, published through its transactional outbox; 201 once the order is
@@ -155,7 +167,7 @@ export function ordersRouter(options: OrdersOptions & { readonly logger: Logger 
   router.post('/orders', async (req, res) => {
     const { flow } = parseInput(orderQuery, req.query, 'query');
     const body = parseInput(orderBody, req.body, 'body');
-    const key = parseInput(idempotencyKeyHeader, req.get('idempotency-key'), 'header');
+    const key = parseInput(idempotencyKeyHeader, req.get(IDEMPOTENCY_HEADERS.key), 'header');
     if (body.faults !== undefined && options.faults !== true) {
       throw new ReplikitError(
         'VALIDATION_FAILED',
@@ -204,7 +216,26 @@ export function ordersRouter(options: OrdersOptions & { readonly logger: Logger 
         .json(order);
       return;
     }
-    const started = await engine.run(saga, input, key === undefined ? {} : { key: `order:${key}` });
+    const started =
+      key === undefined
+        ? await engine.run(saga, input)
+        : await engine
+            .run(saga, input, {
+              key: `order:${key}`,
+              // The parsed fields: the same order sent with other spacing or field order is the same request.
+              fingerprint: requestFingerprint({
+                customerId: input.customerId,
+                items: JSON.stringify(input.items),
+                amount: input.amount,
+                faults: JSON.stringify(input.faults),
+              }),
+            })
+            .catch((err: unknown) => {
+              throw err instanceof SagaError && err.code === 'SAGA_KEY_REUSED'
+                ? idempotencyKeyReused(key)
+                : err;
+            });
+    if (!started.created) res.set(IDEMPOTENCY_HEADERS.replayed, 'true');
     const record = await engine.wait(started.id, { timeoutMs: waitMs });
     // The saga's checkpoints went through the engine's own pool, so the session has no token for
     // them: a write through the cluster takes one at or past them (one WAL for all databases).
