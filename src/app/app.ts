@@ -10,6 +10,7 @@ import {
   problemDetailsMiddleware,
   requireJsonBody,
 } from '../http/problem-details.js';
+import { serveOpenApi } from '../http/openapi.js';
 import { requestBudget } from '../http/request-budget.js';
 import { requestTelemetry } from '../http/request-telemetry.js';
 import { sagaAdminRouter } from '../http/sagas.js';
@@ -17,6 +18,7 @@ import type { Logger } from '../telemetry/logger.js';
 import type { MetricsRegistry } from '../telemetry/metrics.js';
 import type { Cluster } from '../routing/index.js';
 import type { SagaEngine } from '../saga/index.js';
+import { serviceDocument } from './api.js';
 import type { Config } from './config.js';
 import { ordersRouter, type OrdersOptions } from './orders/routes.js';
 import { profilesRouter, type ProfilesOptions } from './profiles.js';
@@ -53,6 +55,7 @@ export interface AppOptions {
  * - `GET /healthz` — 200 `{ status: 'ok' }` while the process runs;
  * - `GET /readyz` — 200 when the primary answers within the deadline, else 503; lists every node;
  * - `GET /metrics` — Prometheus text, or OpenMetrics when asked for;
+ * - `GET /openapi.json` — the OpenAPI 3.1 description of every route mounted here;
  * - the demo resources: `/users` (read routing); given `transfers`, `/transfers` and
  *   `/accounts` (two-phase commit); given `orders`, `/orders` (sagas); given `sagaEngines`, `/sagas` (their admin API);
  *   given `profiles`, `/users/:id/profile` and `/users/:id/follow` (event sourcing and CQRS);
@@ -90,6 +93,19 @@ export function createApp(options: AppOptions): express.Express {
   });
 
   app.get('/metrics', createMetricsHandler(registry, { logger }));
+
+  const sagas = options.sagaEngines !== undefined && options.sagaEngines.length > 0;
+  app.get(
+    '/openapi.json',
+    serveOpenApi(
+      serviceDocument({
+        profiles: options.profiles !== undefined,
+        transfers: options.transfers !== undefined,
+        orders: options.orders !== undefined,
+        sagas,
+      }),
+    ),
+  );
 
   // Everything below is a consistency session: X-Consistency and X-Consistency-Token in, the
   // merged token and X-Served-By out. Every database of the service is on the cluster's servers,

@@ -15,6 +15,7 @@ import {
   type ProjectionDefinition,
   type ReadModel,
 } from '../events/index.js';
+import { named, type ApiHeader, type ApiOperation } from '../http/openapi.js';
 import { parseInput } from '../http/validation.js';
 import { currentSession, type Cluster } from '../routing/index.js';
 
@@ -271,3 +272,126 @@ export function profilesRouter(options: ProfilesOptions): Router {
 
   return router;
 }
+
+/** A {@link Profile} as the API describes it. */
+export const profileSchema = z.strictObject({
+  id: z.uuid(),
+  name: z.string().nullable(),
+  email: z.string().nullable(),
+  followers: z.number().int().min(0),
+  following: z.number().int().min(0),
+  stale: z
+    .boolean()
+    .describe(
+      'The caller asked for its own writes and the projection was late: they may be missing',
+    ),
+}) satisfies z.ZodType<Profile>;
+
+const positionText = z
+  .string()
+  .regex(/^(0|[1-9][0-9]{0,19})\.(0|[1-9][0-9]{0,18})$/)
+  .describe('`<transaction id>.<position>`');
+
+const appended = named(
+  'Appended',
+  z.strictObject({ position: positionText.describe("The event's place in the log") }),
+);
+
+const positionAnswer: ApiHeader = {
+  name: PROFILE_HEADERS.position,
+  description: "The appended event's place in the log: send it with a read to see this write.",
+  schema: positionText,
+};
+
+/** The routes of {@link profilesRouter}, for the service's OpenAPI document. */
+export const PROFILES_API: readonly ApiOperation[] = [
+  {
+    method: 'patch',
+    path: '/users/:id/profile',
+    operationId: 'updateProfile',
+    summary: "Change a profile's name, email or both",
+    description:
+      'Appends `UserProfileUpdated`; the read model follows when the projection applies it.',
+    tags: ['profiles'],
+    session: true,
+    params: idParam,
+    body: named('UpdateProfile', patchBody),
+    responses: { 200: { description: 'Appended.', schema: appended, headers: [positionAnswer] } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not a UUID, or a field is malformed, or neither field is given',
+    },
+  },
+  {
+    method: 'post',
+    path: '/users/:id/follow',
+    operationId: 'follow',
+    summary: 'Follow another user',
+    description:
+      'Appends `UserFollowed`; the counts change when the projection applies it. Following twice counts once.',
+    tags: ['profiles'],
+    session: true,
+    params: idParam,
+    body: named('Follow', followBody),
+    responses: {
+      202: { description: 'Appended.', schema: appended, headers: [positionAnswer] },
+    },
+    problems: {
+      VALIDATION_FAILED: 'an id is not a UUID, or the user follows themselves',
+    },
+  },
+  {
+    method: 'get',
+    path: '/users/:id/profile',
+    operationId: 'getProfile',
+    summary: 'Read a profile from the read model',
+    description: `Eventually consistent by default (any replica). With \`${PROFILE_HEADERS.position}\` from a write, or \`X-Consistency: read-your-writes\` and a token from a write, it waits (up to 2 s) for the projection to apply it and reads from a replica that has replayed that far.`,
+    tags: ['profiles'],
+    session: true,
+    params: idParam,
+    headers: [
+      {
+        name: PROFILE_HEADERS.position,
+        description: 'A position a write answered with: the read reflects the events up to there.',
+        schema: positionText,
+      },
+    ],
+    responses: {
+      200: {
+        description: 'The profile.',
+        schema: named('Profile', profileSchema),
+        headers: [
+          {
+            name: PROFILE_HEADERS.stale,
+            description: '`true` when the projection did not reach the requested position in time.',
+            schema: z.enum(['true', 'false']),
+          },
+        ],
+      },
+    },
+    problems: {
+      VALIDATION_FAILED: `the id is not a UUID, or \`${PROFILE_HEADERS.position}\` is not a position`,
+      NOT_FOUND: 'the read model has no profile for this user',
+    },
+  },
+  {
+    method: 'post',
+    path: '/projections/:name/rebuild',
+    operationId: 'rebuildProjection',
+    summary: "Rebuild a projection's read model",
+    description:
+      'Builds a new version beside the serving one from the start of the log, while writes go on; it takes over once caught up.',
+    tags: ['profiles'],
+    session: true,
+    params: projectionParam,
+    responses: {
+      202: {
+        description: 'The new version is building.',
+        schema: named(
+          'Rebuild',
+          z.strictObject({ projection: z.literal('profiles'), version: z.number().int().min(1) }),
+        ),
+      },
+    },
+    problems: { VALIDATION_FAILED: 'no projection has this name' },
+  },
+];

@@ -5,6 +5,7 @@ import { Router } from 'express';
 import { z } from 'zod';
 
 import { ReplikitError } from '../errors.js';
+import { locationHeader, named, type ApiOperation } from '../http/openapi.js';
 import { parseInput } from '../http/validation.js';
 import { isConnectionError } from '../routing/connection-errors.js';
 import type { Cluster } from '../routing/index.js';
@@ -453,3 +454,102 @@ export function transfersRouter(options: TransfersOptions & { readonly logger: L
 
   return router;
 }
+
+const ledgerName = z.enum([LEDGERS.a, LEDGERS.b]);
+
+/** An {@link Account} as the API describes it. */
+export const accountSchema = z.strictObject({
+  id: z.string(),
+  ledger: ledgerName,
+  balance: z.number().int().min(0),
+  updatedAt: z.iso.datetime(),
+}) satisfies z.ZodType<Account>;
+
+/** A {@link Transfer} as the API describes it. */
+export const transferSchema = z.strictObject({
+  id: z.uuid(),
+  from: z.string(),
+  to: z.string(),
+  amount: z.number().int().min(1),
+  mode: z.enum(['2pc', 'saga']),
+  transaction: z.string().optional().describe('2PC: the distributed transaction that committed it'),
+  sagaId: z.uuid().optional().describe('Saga mode: the saga that made it (`GET /sagas/<id>`)'),
+  status: z
+    .string()
+    .optional()
+    .describe('Saga mode: `completed`, or `running` when it did not finish within the wait'),
+  pending: z
+    .array(ledgerName)
+    .describe(
+      'Ledgers whose COMMIT PREPARED recovery has yet to finish: committed, but a read there may miss it for a few seconds',
+    ),
+}) satisfies z.ZodType<Transfer>;
+
+const transfer = named('Transfer', transferSchema);
+const replayed = {
+  name: IDEMPOTENCY_HEADERS.replayed,
+  description:
+    "`true` when this is the first request's answer under the same key: nothing moved now.",
+  schema: z.literal('true'),
+};
+
+/** The routes of {@link transfersRouter}, for the service's OpenAPI document. */
+export const TRANSFERS_API: readonly ApiOperation[] = [
+  {
+    method: 'post',
+    path: '/transfers',
+    operationId: 'transfer',
+    summary: 'Move money from an account of one ledger to an account of the other',
+    description:
+      "One distributed transaction across both ledgers (`mode=2pc`, the default), or a saga (`mode=saga`: debit, credit, and a refund when the credit is refused). The answer's token covers both ledgers.",
+    tags: ['transfers'],
+    session: true,
+    query: transferQuery,
+    headers: [
+      {
+        name: IDEMPOTENCY_HEADERS.key,
+        description:
+          "The client's name for this transfer (1–200 characters): a retry, or a request racing the first, answers the first transfer and moves nothing.",
+        schema: idempotencyKeyHeader,
+      },
+    ],
+    body: named('TransferRequest', transferBody),
+    responses: {
+      201: { description: 'Committed on both ledgers.', schema: transfer, headers: [replayed] },
+      202: {
+        description: 'Saga mode: the saga did not finish within the wait.',
+        schema: transfer,
+        headers: [locationHeader('`/sagas/<id>`'), replayed],
+      },
+    },
+    problems: {
+      VALIDATION_FAILED:
+        'a field is missing or malformed, `from` = `to`, both accounts are in one ledger, or the mode is unknown',
+      NOT_FOUND: 'no such account; nothing changed',
+      INSUFFICIENT_FUNDS: '`from` holds less than `amount`; nothing changed',
+      IDEMPOTENCY_KEY_REUSED: 'the key came before with another transfer; nothing changed',
+      TWOPC_ABORTED: 'a ledger failed; everything rolled back, sending it again is safe',
+      TWOPC_PREPARE_TIMEOUT: 'a ledger was too slow to prepare; everything rolled back',
+      TRANSFERS_BUSY: 'too many transfers waiting; nothing begun, send it again shortly',
+      TWOPC_IN_DOUBT:
+        'the outcome is not known for a few seconds: read both balances (`strong`) before sending it again',
+      TWOPC_PARTIAL_COMMIT:
+        'someone settled a ledger against the decision; do not send it again, tell the operator',
+    },
+  },
+  {
+    method: 'get',
+    path: '/accounts/:id',
+    operationId: 'getAccount',
+    summary: 'Read an account',
+    description: "Read through its ledger's cluster, routed by `X-Consistency`.",
+    tags: ['transfers'],
+    session: true,
+    params: accountParam,
+    responses: { 200: { description: 'The account.', schema: named('Account', accountSchema) } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not an account id (`a` or `b` and digits)',
+      NOT_FOUND: 'no such account',
+    },
+  },
+];

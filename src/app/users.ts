@@ -2,6 +2,7 @@ import { Router } from 'express';
 import { z } from 'zod';
 
 import { ReplikitError } from '../errors.js';
+import { locationHeader, named, type ApiOperation } from '../http/openapi.js';
 import { parseInput } from '../http/validation.js';
 import type { Cluster } from '../routing/index.js';
 
@@ -133,3 +134,90 @@ export function usersRouter(cluster: Cluster): Router {
 
   return router;
 }
+
+/** A {@link User} as the API describes it. */
+export const userSchema = z.strictObject({
+  id: z.uuid(),
+  name: z.string(),
+  email: z.string(),
+  version: z.number().int().min(1).describe('1 at creation, one more at each change'),
+  updatedAt: z.iso.datetime(),
+}) satisfies z.ZodType<User>;
+
+const user = named('User', userSchema);
+const userPage = named(
+  'UserPage',
+  z.strictObject({
+    items: z.array(userSchema),
+    next: z.uuid().nullable().describe('`after` for the next page; null on the last one'),
+  }),
+);
+
+/** The routes of {@link usersRouter}, for the service's OpenAPI document. */
+export const USERS_API: readonly ApiOperation[] = [
+  {
+    method: 'post',
+    path: '/users',
+    operationId: 'createUser',
+    summary: 'Create a user',
+    description:
+      "Writes on the primary; the answer's token makes a later read (on any replica) see the user.",
+    tags: ['users'],
+    session: true,
+    body: named('CreateUser', createBody),
+    responses: {
+      201: {
+        description: 'The user, created.',
+        schema: user,
+        headers: [locationHeader('`/users/<id>`')],
+      },
+    },
+    problems: {
+      VALIDATION_FAILED: 'a field is missing or malformed',
+      CONFLICT: 'the email is taken',
+    },
+  },
+  {
+    method: 'patch',
+    path: '/users/:id',
+    operationId: 'updateUser',
+    summary: "Change a user's name, email or both",
+    tags: ['users'],
+    session: true,
+    params: idParam,
+    body: named('UpdateUser', patchBody),
+    responses: { 200: { description: 'The user, `version` one more.', schema: user } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not a UUID, or a field is malformed, or neither field is given',
+      NOT_FOUND: 'no user has this id',
+      CONFLICT: 'the email is taken',
+    },
+  },
+  {
+    method: 'get',
+    path: '/users/:id',
+    operationId: 'getUser',
+    summary: 'Read a user',
+    description: 'Routed by `X-Consistency` (read-your-writes by default).',
+    tags: ['users'],
+    session: true,
+    params: idParam,
+    responses: { 200: { description: 'The user.', schema: user } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not a UUID',
+      NOT_FOUND: 'no user has this id (as of the node that answered)',
+    },
+  },
+  {
+    method: 'get',
+    path: '/users',
+    operationId: 'listUsers',
+    summary: 'List users in id order',
+    description: 'Routed by `X-Consistency` (read-your-writes by default).',
+    tags: ['users'],
+    session: true,
+    query: listQuery,
+    responses: { 200: { description: 'A page of users.', schema: userPage } },
+    problems: { VALIDATION_FAILED: 'a query parameter is malformed or unknown' },
+  },
+];

@@ -3,6 +3,7 @@ import { z } from 'zod';
 
 import type { SagaDetails, SagaEngine, SagaRecord, StepRecord } from '../saga/index.js';
 import { SagaError } from '../saga/index.js';
+import { named, type ApiOperation } from './openapi.js';
 import { parseInput } from './validation.js';
 
 /** A saga as the admin API shows it. */
@@ -200,3 +201,125 @@ export function sagaAdminRouter(engines: SagaEngine | readonly SagaEngine[]): Ro
 
   return router;
 }
+
+const json = z.unknown().describe('Any JSON value');
+const instant = z.iso.datetime();
+
+/** A {@link SagaView} as the API describes it. */
+export const sagaViewSchema = z.strictObject({
+  id: z.uuid(),
+  saga: z.string().describe("The saga definition's name"),
+  version: z.number().int(),
+  status: z.enum(STATUSES),
+  step: z.string().optional().describe('The step running (or failed) forward'),
+  attempt: z.number().int().min(0),
+  failure: z.strictObject({ step: z.string(), reason: z.string(), message: z.string() }).nullable(),
+  attention: z
+    .strictObject({
+      phase: z.enum(['forward', 'compensate']),
+      step: z.string(),
+      message: z.string(),
+    })
+    .nullable(),
+  pendingCompensations: z
+    .array(z.number().int().min(0))
+    .describe('Steps still to compensate, the next one first'),
+  nextAttemptAt: instant,
+  leaseOwner: z.string().nullable(),
+  epoch: z.number().int().min(0),
+  createdAt: instant,
+  updatedAt: instant,
+  finishedAt: instant.nullable(),
+}) satisfies z.ZodType<SagaView>;
+
+/** A {@link StepView} as the API describes it. */
+export const stepViewSchema = z.strictObject({
+  index: z.number().int().min(0),
+  name: z.string(),
+  phase: z.enum(['run', 'compensate']),
+  status: z.enum(['running', 'completed', 'rejected', 'failed', 'retrying', 'parked']),
+  attempts: z.number().int().min(0),
+  output: json,
+  error: json,
+  startedAt: instant,
+  updatedAt: instant,
+  finishedAt: instant.nullable(),
+}) satisfies z.ZodType<StepView>;
+
+/** A {@link SagaDetailsView} as the API describes it. */
+export const sagaDetailsSchema = sagaViewSchema.extend({
+  input: json,
+  outputs: z.record(z.string(), json),
+  steps: z.array(stepViewSchema),
+}) satisfies z.ZodType<SagaDetailsView>;
+
+const sagaView = named('Saga', sagaViewSchema);
+const notFound = 'no saga has this id';
+
+/** The routes of {@link sagaAdminRouter}, for an OpenAPI document ({@link openApiDocument}). */
+export const SAGA_ADMIN_API: readonly ApiOperation[] = [
+  {
+    method: 'get',
+    path: '/sagas/:id',
+    operationId: 'getSaga',
+    summary: 'A saga with its input, outputs and step log',
+    tags: ['sagas'],
+    session: true,
+    params: idParam,
+    responses: {
+      200: { description: 'The saga.', schema: named('SagaDetails', sagaDetailsSchema) },
+    },
+    problems: { VALIDATION_FAILED: 'the id is not a UUID', SAGA_NOT_FOUND: notFound },
+  },
+  {
+    method: 'get',
+    path: '/sagas',
+    operationId: 'listSagas',
+    summary: 'Sagas, newest first',
+    description:
+      "With `idleForMs`, the sagas not updated for that long (the stuck ones, with `status=running`). Page with `before`: the previous page's last `createdAt`.",
+    tags: ['sagas'],
+    session: true,
+    query: listQuery,
+    responses: {
+      200: {
+        description: 'A page of sagas.',
+        schema: named('SagaPage', z.strictObject({ sagas: z.array(sagaViewSchema) })),
+      },
+    },
+    problems: { VALIDATION_FAILED: 'a query parameter is malformed or unknown' },
+  },
+  {
+    method: 'post',
+    path: '/sagas/:id/retry',
+    operationId: 'retrySaga',
+    summary: 'Run the failed action of a saga that needs attention again',
+    tags: ['sagas'],
+    session: true,
+    params: idParam,
+    responses: { 202: { description: 'The saga, running again.', schema: sagaView } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not a UUID',
+      SAGA_NOT_FOUND: notFound,
+      SAGA_INVALID_STATE: 'the saga does not need attention',
+    },
+  },
+  {
+    method: 'post',
+    path: '/sagas/:id/compensate',
+    operationId: 'compensateSaga',
+    summary: 'Undo a running saga before its pivot',
+    description: 'The process holding the saga is fenced first.',
+    tags: ['sagas'],
+    session: true,
+    params: idParam,
+    responses: { 202: { description: 'The saga, compensating.', schema: sagaView } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not a UUID',
+      SAGA_NOT_FOUND: notFound,
+      SAGA_INVALID_STATE: 'the saga has finished, or is past its pivot',
+      SAGA_PIVOT_IN_DOUBT:
+        'its remote pivot was called and may have gone through: wait, or retry a saga that needs attention',
+    },
+  },
+];

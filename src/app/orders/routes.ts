@@ -5,6 +5,7 @@ import { Router } from 'express';
 import { z } from 'zod';
 
 import { ReplikitError } from '../../errors.js';
+import { locationHeader, named, type ApiOperation } from '../../http/openapi.js';
 import { parseInput } from '../../http/validation.js';
 import type { Cluster } from '../../routing/index.js';
 import {
@@ -273,3 +274,77 @@ export function ordersRouter(options: OrdersOptions & { readonly logger: Logger 
 
   return router;
 }
+
+/** An {@link Order} as the API describes it. */
+export const orderSchema = z.strictObject({
+  id: z.uuid(),
+  customerId: z.string(),
+  items: z.array(z.strictObject({ sku: z.string(), qty: z.number().int().min(1) })),
+  amount: z.number().int().min(1),
+  status: z.enum(['pending', 'confirmed', 'rejected']),
+  reason: z
+    .string()
+    .nullable()
+    .describe('Why it was rejected: `insufficient_stock`, `payment_declined`, …'),
+  flow: z.enum(['orchestration', 'choreography']),
+  sagaId: z.uuid().nullable().describe('The saga of an orchestrated order'),
+  sagaStatus: z.string().nullable(),
+}) satisfies z.ZodType<Order>;
+
+const order = named('Order', orderSchema);
+
+/** The routes of {@link ordersRouter}, for the service's OpenAPI document. */
+export const ORDERS_API: readonly ApiOperation[] = [
+  {
+    method: 'post',
+    path: '/orders',
+    operationId: 'placeOrder',
+    summary: 'Place an order',
+    description:
+      'Runs a saga across the orders, inventory, payments and shipping services (`flow=orchestration`, the default), or the same flow by events through transactional outboxes (`flow=choreography`). A refusal (stock, payment, unknown customer or product) is an order `rejected` with its `reason`, not an error.',
+    tags: ['orders'],
+    session: true,
+    query: orderQuery,
+    headers: [
+      {
+        name: IDEMPOTENCY_HEADERS.key,
+        description:
+          "Orchestrated flow: the client's name for this order (1–200 characters); a retry answers the first order instead of placing a second.",
+        schema: idempotencyKeyHeader,
+      },
+    ],
+    body: named('OrderRequest', orderBody),
+    responses: {
+      201: {
+        description: 'The order, settled: `confirmed` or `rejected`.',
+        schema: order,
+        headers: [locationHeader('`/orders/<id>`')],
+      },
+      202: {
+        description: 'The order, still `pending` when the wait ran out.',
+        schema: order,
+        headers: [locationHeader('`/sagas/<id>` (orchestrated) or `/orders/<id>` (choreographed)')],
+      },
+    },
+    problems: {
+      VALIDATION_FAILED:
+        'a field is missing or malformed, the flow is unknown, `faults` while fault injection is off, or `Idempotency-Key` or `faults` with the choreographed flow',
+      SAGA_CLOSED: 'the service is shutting down',
+    },
+  },
+  {
+    method: 'get',
+    path: '/orders/:id',
+    operationId: 'getOrder',
+    summary: 'Read an order',
+    description: 'Routed by `X-Consistency` (read-your-writes by default).',
+    tags: ['orders'],
+    session: true,
+    params: idParam,
+    responses: { 200: { description: 'The order.', schema: order } },
+    problems: {
+      VALIDATION_FAILED: 'the id is not a UUID',
+      NOT_FOUND: 'no order has this id',
+    },
+  },
+];
