@@ -151,7 +151,7 @@ export interface ReplicaStatus {
   readonly name: string;
   readonly health: ReplicaHealth;
   readonly replayLsn: string | undefined;
-  /** Time lag in seconds (DESIGN.md §3), from cached samples. */
+  /** Time lag in seconds (see lag-estimator.ts), from cached samples. */
   readonly lagSeconds: number;
   readonly lagBytes: number;
   readonly up: boolean;
@@ -432,7 +432,7 @@ export class Cluster {
   /**
    * Runs `fn` in one transaction on the primary. The token is taken after COMMIT returns: a
    * position read before it could precede the commit record, and a replica at that position
-   * would not yet show the transaction (DESIGN.md §1).
+   * would not yet show the transaction (docs/routing.md).
    *
    * @throws ReplikitError `TRANSACTION_ROLLED_BACK` when `fn` resolved after catching the error of
    *   one of its statements: that aborted the transaction, and PostgreSQL rolled it back.
@@ -456,7 +456,7 @@ export class Cluster {
   /**
    * Routes a read by consistency level and runs it. The routing check always finishes before the
    * read's own statement starts, so the read's snapshot is taken after the replica is known to
-   * have caught up (DESIGN.md §1).
+   * have caught up (docs/routing.md).
    *
    * @throws RoutingError `TOKEN_AHEAD` for a token past the primary's position,
    *   `REPLICA_WAIT_TIMEOUT` when told not to fall back, `NO_NODE_AVAILABLE` when nothing can serve.

@@ -2,7 +2,7 @@ import { formatLsn, isLsn, maxLsn, type Lsn } from './lsn.js';
 import { RoutingError } from './routing-error.js';
 
 /**
- * What a client carries between requests to read its own writes (DESIGN.md §1): the cluster and
+ * What a client carries between requests to read its own writes (docs/routing.md): the cluster and
  * timeline it came from, the WAL position after its last write, the highest position any of its
  * reads has seen, and when it last wrote.
  *

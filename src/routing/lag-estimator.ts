@@ -14,8 +14,8 @@ interface Mark {
  * Estimates how far behind a replica is, in time, from the primary's WAL positions over time.
  *
  * The lag of a replica that has replayed up to `R` is the age of the oldest WAL it has not
- * replayed: now minus the moment the primary first went past `R`. This is the definition
- * DESIGN.md §3 asks for: it is 0 whenever the replica has replayed everything (an idle primary
+ * replayed: now minus the moment the primary first went past `R`. This definition
+ * is the useful one: it is 0 whenever the replica has replayed everything (an idle primary
  * does not make it grow, unlike `now() - pg_last_xact_replay_timestamp()`), it grows while a
  * replica is cut off and the primary keeps writing, and under steady writes it equals an injected
  * `recovery_min_apply_delay`.
